@@ -1,0 +1,144 @@
+"""Classifier-free guided sampling (Ho & Salimans 2022).
+
+    eps~ = eps(x_t, t, uncond) + w * (eps(x_t, t, cond) - eps(x_t, t, uncond))
+
+The conditional and unconditional predictions come from ONE forward pass over the batch
+[uncond, cond]; at w == 1 the formula reduces to eps(cond), so the uncond half is not computed.
+The text's cross-attention keys/values are the same at every step and are projected once.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .devices import autocast
+from .schedule import NoiseSchedule
+from .unet import TextConditionedUNet
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+@dataclass
+class Conditioning:
+    """Text as the U-Net reads it: per-token states (B, L, D), which tokens are real, and the pooled vector."""
+    context: torch.Tensor
+    key_mask: torch.Tensor | None = None  # (B, L) bool, True = a real token
+    pooled: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.context.shape[0]
+
+    def expand(self, batch: int) -> "Conditioning":
+        """Broadcast a batch-1 conditioning to `batch` rows (one prompt for a whole batch)."""
+        if len(self) == batch:
+            return self
+        if len(self) != 1:
+            raise ValueError(f"conditioning holds {len(self)} prompts but the batch has {batch} images; "
+                             "give one prompt, or one per image")
+        rep = lambda t: None if t is None else t.expand(batch, *t.shape[1:])  # noqa: E731
+        return Conditioning(rep(self.context), rep(self.key_mask), rep(self.pooled))
+
+
+def concat_conditionings(a: Conditioning, b: Conditioning) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stack two conditionings on the batch axis, padding the shorter token axis with masked zeros."""
+    length = max(a.context.shape[1], b.context.shape[1])
+    contexts, masks = [], []
+    for c in (a, b):
+        pad = length - c.context.shape[1]
+        mask = c.key_mask if c.key_mask is not None else torch.ones(c.context.shape[:2], dtype=torch.bool, device=c.context.device)
+        contexts.append(torch.nn.functional.pad(c.context, (0, 0, 0, pad)))
+        masks.append(torch.nn.functional.pad(mask, (0, pad), value=False))
+    mask = torch.cat(masks)
+    return torch.cat(contexts), (None if mask.all() else mask)
+
+
+def make_noise(seeds: Sequence[int], shape: Sequence[int], device="cpu", dtype=torch.float32) -> torch.Tensor:
+    """Starting noise with one CPU generator per image, so image i depends on seeds[i] alone
+    (not on the batch size or the device)."""
+    return torch.stack([torch.randn(*shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device, dtype)
+
+
+def noise_fingerprint_seeds(noise: torch.Tensor) -> list[int]:
+    # Steps that add fresh noise (DDPM, DDIM with eta > 0) need per-image randomness too; deriving it from
+    # each image's starting noise keeps "same starting noise -> same image" true without passing seeds around.
+    return [int.from_bytes(hashlib.sha256(n.float().cpu().numpy().tobytes()).digest()[:8], "little") >> 1 for n in noise]
+
+
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Lin et al. 2023, eq. 15-16: match the guided prediction's std to the conditional one, then blend by phi."""
+    dims = tuple(range(1, guided.dim()))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1 - phi) * guided
+
+
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+@torch.inference_mode()
+def sample(
+    unet: TextConditionedUNet,
+    schedule: NoiseSchedule,
+    noise: torch.Tensor,
+    cond: Conditioning,
+    uncond: Conditioning | None = None,
+    *,
+    steps: int = 25,
+    guidance_scale: float = 3.0,
+    sampler: str = "ddim",
+    eta: float = 0.0,
+    guidance_rescale: float = 0.0,
+    step_seeds: Sequence[int] | None = None,
+    precision: str = "fp32",
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Denoise `noise` (B, C, H, W), in the model's latent space, into x0.
+
+    `uncond` is the empty prompt's conditioning or a negative prompt's. `callback(step, total, x0_estimate)`
+    runs after every step; raising from it (for example on a user's cancel) stops sampling there.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    device = noise.device
+    batch = noise.shape[0]
+    use_cfg = guidance_scale != 1.0
+    if use_cfg and uncond is None:
+        raise ValueError("guidance_scale != 1 needs an unconditional (empty or negative) conditioning")
+
+    cond = cond.expand(batch)
+    if use_cfg:
+        context, key_mask = concat_conditionings(uncond.expand(batch), cond)
+    else:
+        context, key_mask = cond.context, cond.key_mask
+    dtype = next(unet.parameters()).dtype
+    with autocast(device, precision):
+        prepared = unet.prepare_context(context.to(device, dtype), None if key_mask is None else key_mask.to(device))
+
+    stochastic = sampler == "ddpm" or eta > 0
+    generators = [torch.Generator().manual_seed(s) for s in (step_seeds or noise_fingerprint_seeds(noise))] if stochastic else []
+
+    x = noise.float()
+    pairs = schedule.step_pairs(steps, sampler)
+    for i, (t, t_prev) in enumerate(pairs):
+        x_in = torch.cat([x, x]) if use_cfg else x
+        with autocast(device, precision):
+            out = unet(x_in.to(dtype), torch.tensor([t], device=device), prepared).float()
+        if use_cfg:
+            out_uncond, out_cond = out.chunk(2)
+            out = out_uncond + guidance_scale * (out_cond - out_uncond)
+            if guidance_rescale > 0:
+                out = rescale_guidance(out, out_cond, guidance_rescale)
+        step_noise = make_noise_from(generators, x) if stochastic else None
+        if sampler == "ddim":
+            x, x0 = schedule.ddim_step(out, x, t, t_prev, eta=eta, noise=step_noise)
+        else:
+            x, x0 = schedule.ddpm_step(out, x, t, t_prev, noise=step_noise)
+        if callback is not None:
+            callback(i + 1, len(pairs), x0)
+    return x
+
+
+def make_noise_from(generators: list[torch.Generator], like: torch.Tensor) -> torch.Tensor:
+    return torch.stack([torch.randn(*like.shape[1:], generator=g) for g in generators]).to(like.device, like.dtype)

@@ -1,0 +1,272 @@
+"""The frozen CLIP text encoder (open-clip-torch): prompts -> per-token states for cross-attention.
+
+Cross-attention needs the per-token last hidden states (B, L, width) after the final layer norm,
+not the single pooled vector the seed used: with one vector there is nothing for the image positions
+to choose between. The pooled vector (the end-of-text state times text_projection) rides along for
+ComfyUI's `pooled_output`.
+
+Three ways to get one, all ending in the same open_clip `TextTransformer` (the vision tower is never built):
+  (a) `load_pretrained_text_encoder(name, tag, cache_dir)`: open_clip's weights, downloaded once;
+  (b) `load_text_encoder_file(path, model_name=... or text_config=...)`: a local .safetensors or .pt/.bin;
+  (c) `build_text_encoder(TextEncoderSpec(text_config=...))`: random seeded weights, fully offline.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torch.nn as nn
+
+from .sampler import Conditioning
+
+# A small text tower for models trained from scratch on a CPU. CLIP's BPE vocabulary ships inside open_clip.
+TINY_TEXT_CONFIG = dict(context_length=77, vocab_size=49408, width=256, heads=4, layers=4)
+
+
+class TextEncoderError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """Everything needed to rebuild the encoder's architecture (its weights live elsewhere)."""
+    model_name: str = "custom"  # an open_clip model name such as "ViT-L-14", or "custom"
+    pretrained: str | None = None  # open_clip pretrained tag, when the weights come from open_clip
+    text_config: dict | None = None  # open_clip CLIPTextCfg fields, for "custom"
+    embed_dim: int | None = None  # size of the pooled (projected) vector
+    quick_gelu: bool = False
+    seed: int = 0  # for random weights
+    source: str | None = None  # the file the weights were read from, for the record
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TextEncoderSpec":
+        return cls(**d)
+
+    def architecture(self) -> tuple[int, dict, bool]:
+        """(embed_dim, text_cfg, quick_gelu) as open_clip's text tower builder takes them."""
+        if self.model_name == "custom":
+            if not self.text_config:
+                raise TextEncoderError("a custom text encoder needs text_config (width, heads, layers, ...)")
+            cfg = dict(self.text_config)
+            return self.embed_dim or cfg["width"], cfg, self.quick_gelu
+        import open_clip
+        model_cfg = open_clip.get_model_config(self.model_name)
+        if model_cfg is None:
+            raise TextEncoderError(f"unknown open_clip model {self.model_name!r}; see open_clip.list_models()")
+        text_cfg = model_cfg["text_cfg"]
+        if text_cfg.get("hf_model_name"):
+            raise TextEncoderError(f"{self.model_name} uses a Hugging Face text tower, which this pack does not support; "
+                                   "use a CLIP model such as ViT-B-32, ViT-L-14 or ViT-H-14")
+        return model_cfg["embed_dim"], text_cfg, model_cfg.get("quick_gelu", False) or self.quick_gelu
+
+
+@dataclass
+class EncodedText:
+    conditioning: Conditioning
+    truncated: list[bool] = field(default_factory=list)  # per prompt: was it cut to the context length?
+
+
+class FrozenCLIPTextEncoder(nn.Module):
+    def __init__(self, spec: TextEncoderSpec, tower: nn.Module):
+        super().__init__()
+        import open_clip
+        self.spec = spec
+        self.tower = tower
+        self.tower.output_tokens = True
+        self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=tower.context_length)
+        self.freeze()
+        self._empty: Conditioning | None = None
+        self._id: str | None = None
+
+    def freeze(self):
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen: always in eval mode
+
+    @property
+    def width(self) -> int:
+        return self.tower.width
+
+    @property
+    def context_length(self) -> int:
+        return self.tower.context_length
+
+    @property
+    def device(self) -> torch.device:
+        return self.tower.token_embedding.weight.device
+
+    @property
+    def identity(self) -> str:
+        """A digest of spec and weights: the key under which caches store this encoder's outputs."""
+        if self._id is None:
+            h = hashlib.sha256(json.dumps(self.spec.to_dict(), sort_keys=True).encode())
+            for name, t in sorted(self.tower.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().float().cpu().numpy().tobytes())
+            self._id = h.hexdigest()[:16]
+        return self._id
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:
+        tokens = self.tokenizer(prompts)
+        truncated = [len(self.tokenizer.encode(p)) + 2 > self.context_length for p in prompts]
+        return tokens, truncated
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str] | str) -> EncodedText:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        tokens, truncated = self.tokenize(prompts)
+        tokens = tokens.to(self.device)
+        pooled, states = self.tower(tokens)
+        # Causal text attention makes every state after end-of-text a function of padding alone: mask those.
+        eot = tokens.argmax(dim=-1)  # the end-of-text id is the largest in CLIP's vocabulary
+        key_mask = torch.arange(tokens.shape[1], device=tokens.device)[None] <= eot[:, None]
+        return EncodedText(Conditioning(states.float(), key_mask, pooled.float()), truncated)
+
+    def empty(self) -> Conditioning:
+        """The empty prompt's conditioning: CFG's unconditional input, computed once."""
+        if self._empty is None or self._empty.context.device != self.device:
+            self._empty = self.encode([""]).conditioning
+        return self._empty
+
+
+def build_text_encoder(spec: TextEncoderSpec) -> FrozenCLIPTextEncoder:
+    """The architecture of `spec` with random weights drawn from `spec.seed` (needs no files or network)."""
+    from open_clip.model import _build_text_tower
+    embed_dim, text_cfg, quick_gelu = spec.architecture()
+    fork_devices = []  # keep the caller's global RNG untouched
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(spec.seed)
+        tower = _build_text_tower(embed_dim, text_cfg, quick_gelu)
+    return FrozenCLIPTextEncoder(spec, tower)
+
+
+def tiny_text_encoder(seed: int = 0) -> FrozenCLIPTextEncoder:
+    return build_text_encoder(TextEncoderSpec(text_config=TINY_TEXT_CONFIG, seed=seed))
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file or a pickle-free .pt/.bin (torch.load with weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TextEncoderError(f"text encoder file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TextEncoderError(f"cannot read text encoder weights from {path}: {e}") from e
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise TextEncoderError(f"{path} does not hold a state dict")
+    return sd
+
+
+TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+
+
+def text_tower_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The text tower's weights from a full CLIP state dict (CLIP or CustomTextCLIP layout) or a text-only one."""
+    for prefix in ("text.", "text_model.", ""):
+        picked = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix) and k[len(prefix):].startswith(TEXT_KEYS)}
+        if "token_embedding.weight" in picked:
+            return picked
+    raise TextEncoderError("no CLIP text-tower weights (token_embedding.weight, transformer.*) found in the file")
+
+
+def load_text_encoder_file(path, model_name: str = "custom", text_config: dict | None = None,
+                           pretrained: str | None = None, **spec_fields) -> FrozenCLIPTextEncoder:
+    """An encoder with weights from a local file; the architecture comes from `model_name` or `text_config`."""
+    spec = TextEncoderSpec(model_name=model_name, pretrained=pretrained, text_config=text_config,
+                           source=Path(path).name, **spec_fields)
+    encoder = build_text_encoder(spec)
+    load_tower_weights(encoder, text_tower_state(read_state_dict(path)), str(path))
+    return encoder
+
+
+def load_tower_weights(encoder: FrozenCLIPTextEncoder, state: dict[str, torch.Tensor], origin: str):
+    expected = encoder.tower.state_dict()
+    missing = sorted(set(expected) - set(state))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or wrong:
+        raise TextEncoderError(f"{origin} does not fit text encoder {encoder.spec.model_name}: "
+                               + (f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} " if missing else "")
+                               + (f"shape mismatch {wrong[:3]}" if wrong else "")
+                               + "; check the model name or config matches the file")
+    encoder.tower.load_state_dict({k: state[k] for k in expected})
+    encoder.freeze()
+
+
+# ---- (a) open_clip pretrained tags ----
+
+def cached_pretrained_file(cfg: dict, cache_dir: str | None) -> str | None:
+    """The already-downloaded weights file for an open_clip pretrained config, or None."""
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+        model_id, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or "open_clip_pytorch_model.bin"
+        candidates = [filename[:-4] + ".safetensors"] if filename.endswith((".bin", ".pth")) else []
+        if filename == "open_clip_pytorch_model.bin":
+            candidates = ["open_clip_model.safetensors"]
+        for name in [*candidates, filename]:
+            hit = try_to_load_from_cache(model_id, name, cache_dir=cache_dir)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return hit
+        return None
+    url = cfg.get("url", "")
+    target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+    return target if url and os.path.isfile(target) else None
+
+
+def host_reachable(host: str, timeout: float) -> bool:
+    """Can we open a TCP connection to host:443 within `timeout` seconds (DNS included)?"""
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    # DNS lookups ignore socket timeouts, so the probe runs in a thread we stop waiting for.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def load_pretrained_text_encoder(model_name: str, pretrained: str, cache_dir: str | None = None,
+                                 network_timeout: float = 5.0) -> FrozenCLIPTextEncoder:
+    import open_clip
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        raise TextEncoderError(f"open_clip has no pretrained tag {pretrained!r} for {model_name!r}; known tags: {tags}")
+    path = cached_pretrained_file(cfg, cache_dir)
+    if path is None:
+        host = "huggingface.co" if cfg.get("hf_hub") else urlparse(cfg.get("url", "")).hostname or "?"
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") and cfg.get("hf_hub")
+        if offline or not host_reachable(host, network_timeout):
+            raise TextEncoderError(
+                f"the weights for {model_name}/{pretrained} are not in the cache ({cache_dir or 'default cache'}) "
+                f"and {host} cannot be reached. On a machine with network, download them once "
+                f"(open_clip.create_model('{model_name}', pretrained='{pretrained}', cache_dir=...)), or put the "
+                "weights file in a local folder (ComfyUI: models/text_encoders/) and load it as a file.")
+        path = open_clip.pretrained.download_pretrained(cfg, cache_dir=cache_dir)
+    return load_text_encoder_file(path, model_name=model_name, pretrained=pretrained)
