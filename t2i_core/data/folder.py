@@ -1,0 +1,431 @@
+"""Reading a folder of captioned images into memory.
+
+Two folder conventions are understood:
+
+* Captions next to images (ComfyUI core's and kohya's convention): `cat.png`
+  is captioned by `cat.txt`. A `.txt` file may hold several captions, one per
+  non-empty line; the trainer picks one at random each time it sees the image.
+  Subfolders named `N_name/` (kohya) repeat their images N times per epoch.
+* A `metadata.jsonl` or `metadata.csv` at the top of the folder (Hugging Face
+  imagefolder convention) with a `file_name` column (path relative to the
+  folder) and a `text` column. In jsonl, `text` may be a list of captions; in
+  either format, a file listed on several rows collects all their captions.
+
+The dataset folder is only ever read, never written.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+CAPTION_COLUMNS = ("text", "caption")  # the first one present in a metadata row is used
+REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")  # kohya: "10_cat" repeats its images 10 times
+RANDOM_CROP_MARGIN = 1.125  # random_crop stores squares this much larger than the crop
+
+# Reasons a file is skipped. The text before ":" groups them in error summaries.
+NO_CAPTION = "no .txt caption"
+EMPTY_CAPTION = "caption file is empty"
+UNREADABLE_CAPTION = "caption file is not UTF-8 text"
+EMPTY_FILE = "empty file (0 bytes)"
+UNREADABLE_IMAGE = "not a readable image"
+NOT_IN_METADATA = "not listed in metadata"
+MISSING_FILE = "listed in metadata but not found"
+OUTSIDE_FOLDER = "listed in metadata but outside the dataset folder"
+ZERO_REPEATS = "in a 0_ repeat folder"
+
+FIXES = {
+    NO_CAPTION: "add a same-name .txt file next to each image, or a metadata.jsonl",
+    EMPTY_CAPTION: "write at least one caption line into each .txt file",
+    UNREADABLE_CAPTION: "save the .txt files as UTF-8",
+    EMPTY_FILE: "remove or replace the 0-byte files",
+    UNREADABLE_IMAGE: "remove or re-save the corrupt images",
+    NOT_IN_METADATA: "add a row for each image to the metadata file",
+    MISSING_FILE: "fix the file_name column (paths are relative to the dataset folder)",
+    OUTSIDE_FOLDER: "keep every file_name inside the dataset folder",
+    ZERO_REPEATS: "rename the folder to N_name with N >= 1",
+}
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be used, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class DatasetItem:
+    path: Path
+    captions: tuple[str, ...]
+    repeats: int = 1
+
+
+@dataclass
+class ScanResult:
+    folder: Path
+    items: list[DatasetItem]
+    skipped: list[tuple[Path, str]]  # (file, reason)
+
+
+# -----------------------------------------------------------------------------
+# scanning: which files are usable, with which captions
+
+
+def scan_dataset(folder: str | Path, *, verify_images: bool = True) -> ScanResult:
+    """Find the captioned images in `folder`; raise DatasetError if there are none.
+
+    Files that cannot be used (no caption, 0 bytes, corrupt) are listed in
+    `skipped` with the reason. `verify_images=False` skips the PIL check, for
+    callers that decode every image anyway.
+    """
+    folder = _existing_folder(folder)
+    metadata = [folder / name for name in METADATA_FILES if (folder / name).is_file()]
+    if len(metadata) > 1:
+        raise DatasetError(f"{folder} has both metadata.jsonl and metadata.csv; keep only one of them")
+
+    if metadata:
+        items, skipped = _scan_metadata(folder, metadata[0])
+    else:
+        items, skipped = _scan_caption_files(folder)
+
+    usable = []
+    for item in items:
+        reason = _unusable_image_reason(item.path, verify_images)
+        if reason:
+            skipped.append((item.path, reason))
+        else:
+            usable.append(item)
+
+    usable.sort(key=lambda item: item.path)
+    skipped.sort(key=lambda entry: entry[0])
+    if not usable:
+        raise DatasetError(_nothing_usable_message(folder, skipped))
+    return ScanResult(folder=folder, items=usable, skipped=skipped)
+
+
+def _existing_folder(folder: str | Path) -> Path:
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise DatasetError(f"dataset folder {folder} does not exist; check the path")
+    if not folder.is_dir():
+        raise DatasetError(f"dataset path {folder} is a file, not a folder; give the folder that holds the images")
+    return folder.resolve()
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Every image below `folder`, skipping hidden files and folders (.git, .ipynb_checkpoints)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(root) / name)
+    return sorted(found)
+
+
+def _repeats_for(folder: Path, image: Path) -> int:
+    """kohya repeats come from the first folder level below the dataset folder."""
+    parts = image.relative_to(folder).parts
+    if len(parts) < 2:
+        return 1
+    match = REPEAT_FOLDER.match(parts[0])
+    return int(match.group(1)) if match else 1
+
+
+def _scan_caption_files(folder: Path) -> tuple[list[DatasetItem], list[tuple[Path, str]]]:
+    items, skipped = [], []
+    for image in _image_files(folder):
+        repeats = _repeats_for(folder, image)
+        if repeats == 0:
+            skipped.append((image, ZERO_REPEATS))
+            continue
+        caption_file = image.with_suffix(".txt")
+        if not caption_file.is_file():
+            skipped.append((image, NO_CAPTION))
+            continue
+        try:
+            text = caption_file.read_text(encoding="utf-8-sig")  # -sig: tolerate a Windows BOM
+        except UnicodeDecodeError:
+            skipped.append((image, UNREADABLE_CAPTION))
+            continue
+        captions = tuple(line.strip() for line in text.splitlines() if line.strip())
+        if not captions:
+            skipped.append((image, EMPTY_CAPTION))
+            continue
+        items.append(DatasetItem(path=image, captions=captions, repeats=repeats))
+    return items, skipped
+
+
+def _scan_metadata(folder: Path, metadata: Path) -> tuple[list[DatasetItem], list[tuple[Path, str]]]:
+    rows = _read_jsonl(metadata) if metadata.suffix == ".jsonl" else _read_csv(metadata)
+    captions_by_path: dict[Path, list[str]] = {}
+    skipped = []
+    for line, row in rows:
+        file_name = row.get("file_name")
+        if not isinstance(file_name, str) or not file_name.strip():
+            raise DatasetError(f"{metadata} line {line}: missing 'file_name'; every row needs the image's path relative to {folder}")
+        column = next((c for c in CAPTION_COLUMNS if c in row), None)
+        if column is None:
+            raise DatasetError(f"{metadata} line {line}: no 'text' column; add the caption as \"text\"")
+        text = row[column]
+        if isinstance(text, str):
+            texts = [text]
+        elif isinstance(text, list) and all(isinstance(t, str) for t in text):
+            texts = text
+        elif text is None:
+            texts = []
+        else:
+            raise DatasetError(f"{metadata} line {line}: 'text' must be a string or a list of strings, got {type(text).__name__}")
+        path = (folder / file_name.strip()).resolve()
+        if not path.is_relative_to(folder):
+            skipped.append((path, OUTSIDE_FOLDER))
+            continue
+        captions_by_path.setdefault(path, []).extend(t.strip() for t in texts if t.strip())
+
+    items = []
+    for path, captions in captions_by_path.items():
+        if not path.is_file():
+            skipped.append((path, MISSING_FILE))
+        elif not captions:
+            skipped.append((path, EMPTY_CAPTION))
+        else:
+            items.append(DatasetItem(path=path, captions=tuple(dict.fromkeys(captions))))
+    for image in _image_files(folder):
+        if image.resolve() not in captions_by_path:
+            skipped.append((image, NOT_IN_METADATA))
+    return items, skipped
+
+
+def _read_jsonl(metadata: Path) -> list[tuple[int, dict]]:
+    rows = []
+    for line_number, line in enumerate(metadata.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"{metadata} line {line_number} is not valid JSON ({error.msg}); each line must be one JSON object") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{metadata} line {line_number} is not a JSON object; write {{\"file_name\": ..., \"text\": ...}}")
+        rows.append((line_number, row))
+    return rows
+
+
+def _read_csv(metadata: Path) -> list[tuple[int, dict]]:
+    with open(metadata, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "file_name" not in reader.fieldnames:
+            raise DatasetError(f"{metadata} has no 'file_name' header; the first row must name the columns, e.g. file_name,text")
+        # line numbers count the header as line 1, like an editor would
+        return [(reader.line_num, row) for row in reader]
+
+
+def _unusable_image_reason(path: Path, verify_image: bool) -> str | None:
+    try:
+        if path.stat().st_size == 0:
+            return EMPTY_FILE
+        if verify_image:
+            with Image.open(path) as image:
+                image.verify()
+    except Exception as error:  # PIL raises many types for corrupt files
+        return f"{UNREADABLE_IMAGE}: {type(error).__name__}: {error}"
+    return None
+
+
+def _nothing_usable_message(folder: Path, skipped: list[tuple[Path, str]]) -> str:
+    if not skipped:
+        other = [p.name for p in sorted(folder.iterdir())][:5]
+        found = f"found only {', '.join(other)}" if other else "the folder is empty"
+        return (f"no images in {folder} ({found}); put images ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                f"there with a same-name .txt caption each, or a metadata.jsonl")
+    counts: dict[str, int] = {}
+    for _, reason in skipped:
+        kind = reason.split(":")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    found = ", ".join(f"{n} image{'s' if n > 1 else ''}: {kind}" for kind, n in counts.items())
+    fixes = "; ".join(dict.fromkeys(FIXES[kind] for kind in counts if kind in FIXES))
+    return f"no images with captions in {folder} ({found}); to fix: {fixes}"
+
+
+# -----------------------------------------------------------------------------
+# loading: decoded, resized images in memory
+
+
+@dataclass
+class CaptionedImages:
+    """Every usable image of a folder, resized and square, as one uint8 tensor.
+
+    `index` lists item numbers with kohya repeats expanded, so a sampler draws
+    positions in range(len(self)) and repeated images come up more often.
+    """
+    images: torch.Tensor  # uint8 [N, 3, S, S]; S == resolution, or larger with random_crop
+    captions: list[tuple[str, ...]]
+    digests: list[str]  # sha256 of each file's bytes, to key caches by content
+    index: list[int]
+    folder: Path
+    resolution: int
+    skipped: list[tuple[Path, str]]
+    paths: list[Path] = field(default_factory=list)
+    random_crop: bool = False
+    random_flip: bool = False
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def batch(self, positions: torch.Tensor | Sequence[int], generator: torch.Generator | None) -> torch.Tensor:
+        """Float images [B, 3, R, R] in 0..1 for `positions` into `index`.
+
+        Random crop and flip (when enabled) are drawn from `generator`, so the
+        same generator state gives the same batch. With generator=None there is
+        no augmentation: the center crop, unflipped (e.g. for caching latents).
+        """
+        items = self._items(positions)
+        images = self.images[items]
+        size, r = images.shape[-1], self.resolution
+        if generator is not None and self.random_crop and size > r:
+            corners = torch.randint(0, size - r + 1, (len(items), 2), generator=generator)
+            images = torch.stack([img[:, y:y + r, x:x + r] for img, (y, x) in zip(images, corners.tolist())])
+        elif size > r:
+            start = (size - r) // 2
+            images = images[:, :, start:start + r, start:start + r]
+        if generator is not None and self.random_flip:
+            flip = torch.rand(len(items), generator=generator) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        return images.float() / 255.0
+
+    def pick_captions(self, positions: torch.Tensor | Sequence[int], generator: torch.Generator) -> list[str]:
+        """One caption per position, chosen uniformly among the item's captions with `generator`."""
+        items = self._items(positions)
+        # one draw per position whatever the caption counts, so the generator advances predictably
+        draws = torch.rand(len(items), generator=generator).tolist()
+        picked = []
+        for item, u in zip(items.tolist(), draws):
+            options = self.captions[item]
+            picked.append(options[min(int(u * len(options)), len(options) - 1)])
+        return picked
+
+    def _items(self, positions) -> torch.Tensor:
+        positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+        if len(positions) and (positions.min() < 0 or positions.max() >= len(self.index)):
+            raise IndexError(f"positions must be in 0..{len(self.index) - 1}, got {positions.min().item()}..{positions.max().item()}")
+        return torch.as_tensor(self.index, dtype=torch.long)[positions]
+
+
+def load_dataset(
+    folder: str | Path,
+    resolution: int,
+    *,
+    random_crop: bool = False,
+    random_flip: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> CaptionedImages:
+    """Decode every captioned image in `folder` to RGB, shorter side resized to
+    `resolution` and center-cropped square. With random_crop the stored square
+    is round(resolution * 1.125) so `batch` can crop a different window each time."""
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
+        raise DatasetError(f"resolution must be a positive integer number of pixels, got {resolution!r}")
+    log = log or (lambda message: None)
+    scan = scan_dataset(folder, verify_images=False)  # the decode below is the real check
+    stored_size = round(resolution * RANDOM_CROP_MARGIN) if random_crop else resolution
+
+    images, captions, digests, paths, repeats = [], [], [], [], []
+    skipped = list(scan.skipped)
+    upscaled = 0
+    for item in scan.items:
+        try:
+            data = item.path.read_bytes()
+            image, was_small = _square_rgb(data, stored_size)
+        except Exception as error:
+            skipped.append((item.path, f"{UNREADABLE_IMAGE}: {type(error).__name__}: {error}"))
+            continue
+        upscaled += was_small
+        images.append(torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1))
+        captions.append(item.captions)
+        digests.append(hashlib.sha256(data).hexdigest())
+        paths.append(item.path)
+        repeats.append(item.repeats)
+    skipped.sort(key=lambda entry: entry[0])
+    if not images:
+        raise DatasetError(_nothing_usable_message(scan.folder, skipped))
+
+    index = [i for i, n in enumerate(repeats) for _ in range(n)]
+    message = f"loaded {len(images)} images ({len(index)} with repeats) from {scan.folder} at {resolution}px"
+    if upscaled:
+        message += f"; {upscaled} smaller than {stored_size}px were upscaled"
+    if skipped:
+        first = ", ".join(f"{_relative(p, scan.folder)} ({reason})" for p, reason in skipped[:5])
+        message += f"; skipped {len(skipped)}: {first}" + (", ..." if len(skipped) > 5 else "")
+    log(message)
+
+    return CaptionedImages(
+        images=torch.stack(images), captions=captions, digests=digests, index=index,
+        folder=scan.folder, resolution=resolution, skipped=skipped, paths=paths,
+        random_crop=random_crop, random_flip=random_flip,
+    )
+
+
+def _square_rgb(data: bytes, size: int) -> tuple[Image.Image, bool]:
+    """Decode, shorter side to `size` (bicubic, antialiased when shrinking), center crop."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that is still >= size, much faster for photos
+        image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
+        image = _to_rgb(image)
+        width, height = image.size
+        scale = size / min(width, height)
+        new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+        image = image.resize(new_size, Image.Resampling.BICUBIC)
+    left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
+    return image.crop((left, top, left + size, top + size)), min(width, height) < size
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB; transparent images go on white, since plain convert("RGB")
+    would show whatever color hides under transparent pixels."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        # 16-bit grayscale PNGs: PIL's convert would clip everything above 255 to white
+        values = np.asarray(image, dtype=np.float64)
+        if values.max() > 255:
+            values = values / 257.0  # 65535 -> 255
+        return Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return str(path.relative_to(folder))
+    except ValueError:
+        return str(path)
+
+
+def fingerprint(folder: str | Path) -> str:
+    """Cheap hash over (relative path, size, mtime_ns) of every file below `folder`.
+
+    Changes when any file is added, removed, or modified, without reading file
+    contents; meant for ComfyUI's IS_CHANGED cache invalidation.
+    """
+    folder = _existing_folder(folder)
+    entries = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root) / name
+            try:
+                stat = path.stat()
+            except OSError:  # vanished or a broken link: part of the state, not an error
+                entries.append(f"{path.relative_to(folder).as_posix()}\0missing")
+                continue
+            entries.append(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()
