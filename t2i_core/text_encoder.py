@@ -12,7 +12,6 @@ Three ways to get one, all ending in the same open_clip `TextTransformer` (the v
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -24,6 +23,7 @@ from urllib.parse import urlparse
 import torch
 import torch.nn as nn
 
+from .data.cache import module_digest
 from .sampler import Conditioning
 
 # A small text tower for models trained from scratch on a CPU. CLIP's BPE vocabulary ships inside open_clip.
@@ -112,11 +112,7 @@ class FrozenCLIPTextEncoder(nn.Module):
     def identity(self) -> str:
         """A digest of spec and weights: the key under which caches store this encoder's outputs."""
         if self._id is None:
-            h = hashlib.sha256(json.dumps(self.spec.to_dict(), sort_keys=True).encode())
-            for name, t in sorted(self.tower.state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().float().cpu().numpy().tobytes())
-            self._id = h.hexdigest()[:16]
+            self._id = module_digest(self.tower, json.dumps(self.spec.to_dict(), sort_keys=True))
         return self._id
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:

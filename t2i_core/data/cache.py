@@ -74,3 +74,12 @@ class TensorCache:
 
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None
+
+
+def module_digest(module: torch.nn.Module, *extra: str) -> str:
+    """A short digest of a module's weights (and `extra` strings): the identity of a frozen encoder,
+    under which caches store its outputs."""
+    parts: list[str | bytes] = list(extra)
+    for name, tensor in sorted(module.state_dict().items()):
+        parts += [name, tensor.detach().float().cpu().numpy().tobytes()]
+    return TensorCache.key(*parts)[:16]

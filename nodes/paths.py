@@ -1,0 +1,165 @@
+"""Where the pack reads and writes files inside ComfyUI: our model folder, datasets, VAEs.
+
+`models/t2i_mini/` is registered with ComfyUI's folder_paths (so extra_model_paths.yaml may add more
+folders under the key `t2i_mini`). Every name that comes from a workflow is resolved here, and a name
+that would leave its folder (`../x`, an absolute path, a symlink pointing out) is refused.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+import folder_paths
+
+MODEL_FOLDER = "t2i_mini"  # the folder_paths key and the folder name under models/
+CHECKPOINT_EXTENSION = ".safetensors"
+NO_DATASET = "(connect dataset_path)"  # the dataset dropdown's entry for "use the dataset_path input"
+
+
+def register_model_folder() -> None:
+    """Add `models/t2i_mini` (.safetensors only) to folder_paths, keeping any paths a user configured."""
+    default = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    entry = folder_paths.folder_names_and_paths.get(MODEL_FOLDER)
+    paths = list(entry[0]) if entry else []
+    if default not in paths:
+        paths.append(default)
+    folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, {CHECKPOINT_EXTENSION})
+
+
+def model_dir() -> Path:
+    """The folder new checkpoints are written to (the first registered one)."""
+    return Path(folder_paths.get_folder_paths(MODEL_FOLDER)[0])
+
+
+def checkpoint_names() -> list[str]:
+    return folder_paths.get_filename_list(MODEL_FOLDER)
+
+
+def checkpoint_path(name: str) -> Path:
+    """The existing checkpoint `name` from the model folder's dropdown."""
+    path = folder_paths.get_full_path(MODEL_FOLDER, name)
+    if path is None:
+        raise FileNotFoundError(f"checkpoint {name!r} is not in {model_dir()} (the models/{MODEL_FOLDER} folder); "
+                                "train one with the Train from Dataset node or copy a .safetensors file there")
+    return Path(path)
+
+
+def _leaves_folder(name: str) -> bool:
+    posix = name.replace("\\", "/")
+    return (PurePosixPath(posix).is_absolute() or re.match(r"^[A-Za-z]:", posix) is not None
+            or ".." in PurePosixPath(posix).parts)
+
+
+def checkpoint_output_path(name: str) -> Path:
+    """Where the training node writes checkpoint `name` ("shapes", "runs/shapes.safetensors"), inside the model
+    folder. Raises ValueError naming the problem for an empty name or one that would leave the folder."""
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("checkpoint_name is empty; give a file name such as 'shapes'")
+    if _leaves_folder(name):
+        raise ValueError(f"checkpoint_name {name!r} would leave the models/{MODEL_FOLDER} folder; use a plain name "
+                         "such as 'shapes' or 'runs/shapes' (no '..', no absolute path)")
+    if not name.endswith(CHECKPOINT_EXTENSION):
+        name += CHECKPOINT_EXTENSION
+    root = model_dir().resolve()
+    path = (root / name).resolve()
+    if root not in path.parents:  # e.g. through a symlinked subfolder
+        raise ValueError(f"checkpoint_name {name!r} resolves to {path}, outside the models/{MODEL_FOLDER} folder {root}")
+    return path
+
+
+def dataset_choices() -> list[str]:
+    """The dataset dropdown: "use dataset_path", then every subfolder of ComfyUI's input folder."""
+    return [NO_DATASET, *folder_paths.get_input_subfolders()]
+
+
+def dataset_folder(choice: str | None, path: str | None) -> Path:
+    """The dataset folder from the node's inputs: a non-empty dataset_path wins over the dropdown.
+
+    dataset_path may be absolute or relative to ComfyUI's input folder; the dropdown names input subfolders.
+    """
+    input_dir = Path(folder_paths.get_input_directory())
+    if path is not None and str(path).strip():
+        folder = Path(str(path).strip()).expanduser()
+        return folder if folder.is_absolute() else input_dir / folder
+    if choice in (None, "", NO_DATASET):
+        raise ValueError("no dataset: pick a folder of ComfyUI's input directory in 'dataset', or connect "
+                         "'dataset_path' (for example from the Make Dataset node)")
+    if _leaves_folder(choice):
+        raise ValueError(f"dataset {choice!r} would leave ComfyUI's input folder")
+    return input_dir / choice
+
+
+def input_subfolder(name: str) -> Path:
+    """A new or existing subfolder `name` of ComfyUI's input folder (for the Make Dataset node)."""
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("folder_name is empty; give a name such as 't2i_shapes'")
+    if _leaves_folder(name):
+        raise ValueError(f"folder_name {name!r} would leave ComfyUI's input folder; use a plain name such as 't2i_shapes'")
+    root = Path(folder_paths.get_input_directory()).resolve()
+    path = (root / name).resolve()
+    if root not in path.parents:
+        raise ValueError(f"folder_name {name!r} resolves to {path}, outside ComfyUI's input folder {root}")
+    return path
+
+
+# ---- VAEs: single files and diffusers folders under models/vae ----
+
+def _diffusers_folders() -> dict[str, Path]:
+    found = {}
+    for root in folder_paths.get_folder_paths("vae"):
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            if "config.json" in filenames and dirpath != root:
+                found[Path(os.path.relpath(dirpath, root)).as_posix() + "/"] = Path(dirpath)
+                dirnames[:] = []  # a diffusers folder's own subfolders are part of it
+    return found
+
+
+def vae_choices() -> list[str]:
+    """Files in models/vae (outside diffusers folders), then diffusers folders, shown as 'name/'."""
+    folders = _diffusers_folders()
+    files = [f for f in folder_paths.get_filename_list("vae")
+             if not any(f.replace("\\", "/").startswith(d) for d in folders)]
+    return sorted(files) + sorted(folders)
+
+
+def vae_path(choice: str) -> Path:
+    folders = _diffusers_folders()
+    if choice in folders:
+        return folders[choice]
+    path = folder_paths.get_full_path("vae", choice)
+    if path is None:
+        raise FileNotFoundError(f"VAE {choice!r} is not in ComfyUI's models/vae folder")
+    return Path(path)
+
+
+def text_encoder_names() -> list[str]:
+    return folder_paths.get_filename_list("text_encoders")
+
+
+def text_encoder_file(name: str) -> Path:
+    path = folder_paths.get_full_path("text_encoders", name)
+    if path is None:
+        raise FileNotFoundError(f"text encoder file {name!r} is not in ComfyUI's models/text_encoders folder")
+    return Path(path)
+
+
+def file_stamp(path: Path | str | None) -> str:
+    """Name, size and mtime of a file or folder tree: what fingerprint_inputs needs to see a changed file."""
+    if path is None:
+        return "missing"
+    path = Path(path)
+    try:
+        if path.is_dir():
+            stats = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                     for p in sorted(path.rglob("*")) if p.is_file()]
+            return repr(stats)
+        st = path.stat()
+        return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return f"missing:{path}"

@@ -1,0 +1,178 @@
+"""Starting noise, the guided sampler and decoding: the generation half of the pack."""
+from __future__ import annotations
+
+import comfy.model_management as mm
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from ..t2i_core import SAMPLERS, PixelCodec, make_noise, sample
+from ..t2i_core.devices import PRECISIONS
+from .comfy_format import from_comfy_conditioning, images_to_comfy, match_batch, preview
+from .types import CATEGORY, Codec, T2IModel, combo_error
+
+SAMPLING = f"{CATEGORY}/sampling"
+MAX_SIZE = 8192
+SEED_SPACE = 2**64
+VAE_PREVIEW_MAX_CELLS = 32 * 32  # decode VAE previews only for latents this small (a full SD decode costs seconds)
+
+
+def size_factor(codec, model=None) -> int:
+    return codec.factor * (model.unet.cfg.downsample_factor if model is not None else 1)
+
+
+class NoiseLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="T2IMiniNoiseLatent",
+            display_name="Noise Latent (T2I Mini)",
+            category=SAMPLING,
+            description="The sampler's starting noise, in the codec's latent space. Image i of the batch uses seed "
+                        "+ i, so an image does not depend on the batch size; the same noise can feed several "
+                        "samplers (e.g. to compare guidance scales).",
+            inputs=[
+                Codec.Input("codec", tooltip="The codec the model denoises in (from the checkpoint loader)."),
+                io.Int.Input("seed", default=0, min=0, max=SEED_SPACE - 1, control_after_generate=True,
+                             tooltip="Seed of the first image; image i uses seed + i."),
+                io.Int.Input("width", default=32, min=4, max=MAX_SIZE, step=4,
+                             tooltip="Image width in pixels: a multiple of the codec's factor times the U-Net's "
+                                     "downsampling factor (4 for a tiny pixel model; connect the model to check)."),
+                io.Int.Input("height", default=32, min=4, max=MAX_SIZE, step=4,
+                             tooltip="Image height in pixels, the same multiple as width."),
+                io.Int.Input("batch_size", default=4, min=1, max=4096, tooltip="Number of images."),
+                T2IModel.Input("model", optional=True,
+                               tooltip="Optional: the model, so the size is checked against its U-Net as well."),
+            ],
+            outputs=[io.Latent.Output(tooltip="Unit Gaussian noise (in ComfyUI's unscaled latent convention).")],
+        )
+
+    @classmethod
+    def execute(cls, codec, seed, width, height, batch_size, model=None) -> io.NodeOutput:
+        if model is not None and (model.codec.channels, model.codec.factor) != (codec.channels, codec.factor):
+            raise ValueError(f"the codec ({codec.channels} channels, factor {codec.factor}) is not the model's "
+                             f"({model.codec.channels} channels, factor {model.codec.factor}); use the CODEC output "
+                             "of the same checkpoint")
+        f = size_factor(codec, model)
+        if width % f or height % f:
+            what = (f"codec factor {codec.factor} x U-Net factor {model.unet.cfg.downsample_factor}"
+                    if model is not None else f"the codec's factor {codec.factor}")
+            raise ValueError(f"width and height must be multiples of {f} ({what}), got {width}x{height}; "
+                             f"try {max(f, width // f * f)}x{max(f, height // f * f)}")
+        shape = (codec.channels, height // codec.factor, width // codec.factor)
+        noise = make_noise([(seed + i) % SEED_SPACE for i in range(batch_size)], shape)
+        return io.NodeOutput({"samples": codec.to_comfy(noise).to(mm.intermediate_device())})
+
+
+class GuidedSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="T2IMiniGuidedSampler",
+            display_name="Guided DDIM Sampler",
+            category=SAMPLING,
+            description="Denoises the starting noise with classifier-free guidance: eps = eps(uncond) + cfg * "
+                        "(eps(cond) - eps(uncond)), conditional and unconditional in one batched pass.",
+            inputs=[
+                T2IModel.Input("model", tooltip="The T2I Mini model."),
+                io.Conditioning.Input("positive", tooltip="The prompt, encoded with the model's text encoder. Several "
+                                                          "prompts (one per line) give each its share of the batch."),
+                io.Conditioning.Input("negative", tooltip="The unconditional input: Empty Conditioning, or a "
+                                                          "negative prompt."),
+                io.Latent.Input("latent", tooltip="The starting noise (Noise Latent)."),
+                io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Denoising steps."),
+                io.Float.Input("cfg", default=3.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Guidance scale w. 1 = conditional only (no unconditional pass); higher "
+                                       "follows the prompt more closely, at some cost in diversity."),
+                io.Combo.Input("sampler_name", options=list(SAMPLERS), default="ddim",
+                               tooltip="ddim: deterministic for eta 0, works with few steps. ddpm: the ancestral "
+                                       "sampler, needs more steps."),
+                io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="DDIM's noise: 0 is deterministic, 1 matches DDPM's variance."),
+                io.Float.Input("guidance_rescale", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Rescale the guided prediction's spread toward the conditional one (Lin et "
+                                       "al. 2023); 0.7 tames over-saturation at high cfg."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                               tooltip="auto: bf16 where the device runs it natively, else fp32."),
+            ],
+            outputs=[io.Latent.Output(tooltip="The denoised latent; decode it with the model's codec.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sampler_name, precision):
+        return combo_error(cls, sampler_name=sampler_name, precision=precision) or True
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent, steps, cfg, sampler_name, eta, guidance_rescale,
+                precision) -> io.NodeOutput:
+        unet_cfg = model.unet.cfg
+        codec = model.codec
+        z = codec.from_comfy(latent["samples"].float())
+        if z.dim() != 4 or z.shape[1] != unet_cfg.in_channels:
+            raise ValueError(f"the latent has shape {tuple(z.shape)} but the model denoises {unet_cfg.in_channels}-"
+                             "channel latents; make the noise with the model's codec")
+        f = unet_cfg.downsample_factor
+        if z.shape[2] % f or z.shape[3] % f:
+            raise ValueError(f"the latent is {z.shape[3]}x{z.shape[2]} cells but the U-Net needs multiples of {f} "
+                             f"(images multiples of {f * codec.factor} pixels)")
+        batch = z.shape[0]
+        cond = match_batch(from_comfy_conditioning(positive, "positive", unet_cfg.context_dim), batch, "positive")
+        uncond = match_batch(from_comfy_conditioning(negative, "negative", unet_cfg.context_dim), batch, "negative")
+
+        device = mm.get_torch_device()
+        model.to(device)
+        pbar = comfy.utils.ProgressBar(steps)
+        preview_every = 1 if isinstance(codec, PixelCodec) else max(1, steps // 4)
+        small = z.shape[2] * z.shape[3] <= VAE_PREVIEW_MAX_CELLS
+
+        def callback(step: int, total: int, x0: torch.Tensor):
+            mm.throw_exception_if_processing_interrupted()  # cancel within one step
+            image = None
+            if (small or isinstance(codec, PixelCodec)) and (step % preview_every == 0 or step == total):
+                with torch.inference_mode():
+                    image = preview(codec.decode(x0[:4] if not isinstance(codec, PixelCodec) else x0))
+            pbar.update_absolute(step, total, image)
+
+        try:
+            out = sample(model.unet, model.schedule, z.to(device), cond, uncond, steps=steps, guidance_scale=cfg,
+                         sampler=sampler_name, eta=eta, guidance_rescale=guidance_rescale, precision=precision,
+                         callback=callback)
+        finally:
+            if device.type != "cpu":
+                model.to(mm.unet_offload_device())
+        return io.NodeOutput({"samples": codec.to_comfy(out).to(mm.intermediate_device())})
+
+
+class Decode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="T2IMiniDecode",
+            display_name="Decode (T2I Mini)",
+            category=SAMPLING,
+            description="Turns a latent into images with the model's codec (for pixel models, just a rescale).",
+            inputs=[
+                Codec.Input("codec", tooltip="The codec the model denoises in (from the checkpoint loader)."),
+                io.Latent.Input("samples", tooltip="The sampler's output."),
+            ],
+            outputs=[io.Image.Output(tooltip="The images, (batch, height, width, 3) in 0..1.")],
+        )
+
+    @classmethod
+    def execute(cls, codec, samples) -> io.NodeOutput:
+        latent = samples["samples"].float()
+        if latent.dim() != 4 or latent.shape[1] != codec.channels:
+            raise ValueError(f"the latent has shape {tuple(latent.shape)} but this codec decodes "
+                             f"{codec.channels}-channel latents; use the codec of the model that sampled it")
+        device = mm.get_torch_device() if not isinstance(codec, PixelCodec) else torch.device("cpu")
+        codec.to(device)
+        try:
+            with torch.inference_mode():
+                images = codec.decode(codec.from_comfy(latent.to(device)))
+        finally:
+            if device.type != "cpu":
+                codec.to(mm.vae_offload_device())
+        return io.NodeOutput(images_to_comfy(images).to(mm.intermediate_device()))
+
+
+NODES = [NoiseLatent, GuidedSampler, Decode]

@@ -1,0 +1,159 @@
+"""Training a model from a folder of captioned images, inside ComfyUI.
+
+ComfyUI runs nodes under torch.inference_mode(); training leaves it (inference_mode(False) + enable_grad),
+as ComfyUI's own TrainLoraNode does. Cancel (ComfyUI's interrupt) is passed to the trainer as should_stop,
+so it saves a resumable checkpoint before the node reports the interruption.
+"""
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management as mm
+import comfy.utils
+import torch
+from comfy_api.latest import io, ui
+
+from ..t2i_core import PRESETS
+from ..t2i_core.data.folder import fingerprint
+from ..t2i_core.devices import PRECISIONS
+from ..t2i_core.train import TrainCallbacks, TrainConfig, loss_curve_image, train
+from . import paths
+from .comfy_format import images_to_comfy, preview
+from .types import CATEGORY, Codec, T2IModel, TextEncoder, combo_error
+
+log = logging.getLogger("t2i_mini")
+TRAINING = f"{CATEGORY}/training"
+
+
+class Train(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="T2IMiniTrain",
+            display_name="Train from Dataset",
+            category=TRAINING,
+            description="Trains a text-conditioned U-Net from scratch on a folder of images with same-name .txt "
+                        "captions (or a metadata.jsonl), with CFG dropout, and saves it to models/t2i_mini. Cancel "
+                        "saves a checkpoint that a later run with resume on continues exactly.",
+            inputs=[
+                io.Combo.Input("dataset", options=paths.dataset_choices(), default=paths.NO_DATASET,
+                               tooltip="A subfolder of ComfyUI's input folder holding the images and captions. "
+                                       f"'{paths.NO_DATASET}' uses the dataset_path input instead."),
+                TextEncoder.Input("text_encoder", tooltip="The frozen text encoder; the model only understands "
+                                                          "this encoder, so generate with the same one."),
+                Codec.Input("codec", tooltip="Pixel Codec for small CPU models, or a VAE codec for latent models."),
+                io.Combo.Input("preset", options=list(PRESETS), default="tiny",
+                               tooltip="U-Net size. tiny (3M parameters) trains on a CPU in minutes at 16-32 px."),
+                io.Int.Input("steps", default=600, min=1, max=10_000_000,
+                             tooltip="Total optimizer steps. With resume on, a finished run continues to this "
+                                     "many steps."),
+                io.Float.Input("max_minutes", default=0.0, min=0.0, max=100_000.0, step=0.5,
+                               tooltip="Training-time budget in minutes, counted over resumed runs too: on reaching "
+                                       "it the model is saved and returned as it is. 0: no budget."),
+                io.Int.Input("batch_size", default=64, min=1, max=4096, tooltip="Images per step."),
+                io.Float.Input("learning_rate", default=0.001, min=0.0000001, max=1.0, step=0.00001,
+                               tooltip="AdamW learning rate (after a 100-step warmup)."),
+                io.Float.Input("cfg_dropout", default=0.1, min=0.0, max=0.95, step=0.01,
+                               tooltip="Share of captions replaced by the empty prompt, so the model also learns "
+                                       "the unconditional prediction that guidance needs."),
+                io.Int.Input("resolution", default=16, min=4, max=4096, step=4,
+                             tooltip="Training image size in pixels (images are resized and centre-cropped); a "
+                                     "multiple of the U-Net's factor (4 for tiny) times the codec's."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip="Seed of the weights, data order and noise. A run resumed at step k continues "
+                                     "exactly as the uninterrupted run would."),
+                io.String.Input("checkpoint_name", default="shapes",
+                                tooltip="File name in models/t2i_mini ('.safetensors' is added); may contain "
+                                        "subfolders, never '..' or an absolute path."),
+                io.Boolean.Input("resume", default=True,
+                                 tooltip="Continue from the checkpoint's saved training state if it exists. Off: "
+                                         "refuse to overwrite an existing checkpoint."),
+                io.String.Input("validation_prompts", multiline=True, default="",
+                                tooltip="One prompt per line, sampled with the EMA weights at each validation and "
+                                        "shown as this node's progress preview."),
+                io.Int.Input("validation_every", default=0, min=0, max=10_000_000,
+                             tooltip="Validate every N steps (0: only at the end)."),
+                io.Int.Input("checkpoint_every", default=250, min=0, max=10_000_000,
+                             tooltip="Save a resumable checkpoint every N steps (0: only at the end and on cancel)."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                               tooltip="auto: bf16 autocast where the device runs it natively, else fp32."),
+                io.String.Input("dataset_path", optional=True, force_input=True,
+                                tooltip="A dataset folder path (absolute, or relative to ComfyUI's input folder), "
+                                        "e.g. from Make Dataset; overrides the dataset dropdown."),
+            ],
+            outputs=[
+                T2IModel.Output(display_name="MODEL", tooltip="The trained model (EMA weights), ready to sample."),
+                io.Image.Output(display_name="loss_curve", tooltip="The training loss over the steps, as an image."),
+                io.Int.Output(display_name="steps", tooltip="The step the model was saved at."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, dataset, preset, precision, checkpoint_name):
+        problem = combo_error(cls, dataset=dataset, preset=preset, precision=precision)
+        if problem:
+            return problem
+        if checkpoint_name is None:  # linked: checked when the node runs
+            return True
+        try:
+            paths.checkpoint_output_path(checkpoint_name)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, dataset=None, dataset_path=None, **_):
+        # Re-run when the dataset's files change. (A dataset_path that comes from another node is not known
+        # here; that node's own inputs decide then.)
+        try:
+            return fingerprint(paths.dataset_folder(dataset, dataset_path))
+        except Exception as e:  # a missing folder is reported when the node runs
+            return f"unavailable: {e}"
+
+    @classmethod
+    def execute(cls, dataset, text_encoder, codec, preset, steps, max_minutes, batch_size, learning_rate,
+                cfg_dropout, resolution, seed, checkpoint_name, resume, validation_prompts, validation_every,
+                checkpoint_every, precision, dataset_path=None) -> io.NodeOutput:
+        folder = paths.dataset_folder(dataset, dataset_path)
+        output = paths.checkpoint_output_path(checkpoint_name)
+        config = TrainConfig(
+            dataset=str(folder), output=str(output), preset=preset, resolution=resolution, steps=steps,
+            max_minutes=max_minutes, batch_size=batch_size, lr=learning_rate, cfg_dropout=cfg_dropout, seed=seed,
+            resume=resume,
+            validation_prompts=[p.strip() for p in validation_prompts.splitlines() if p.strip()],
+            validation_every=validation_every, checkpoint_every=checkpoint_every, precision=precision)
+
+        mm.unload_all_models()
+        mm.soft_empty_cache()
+        pbar = comfy.utils.ProgressBar(steps)
+        cancelled = []  # set when the progress hook consumed ComfyUI's interrupt flag
+
+        def report(step: int, image=None):
+            try:
+                pbar.update_absolute(step, steps, image)
+            except mm.InterruptProcessingException:
+                cancelled.append(step)
+
+        callbacks = TrainCallbacks(
+            on_progress=lambda p: report(p.step),
+            should_stop=lambda: bool(cancelled) or mm.processing_interrupted(),
+            on_validation=lambda step, images: report(step, preview(images)),
+            log=lambda message: log.info("T2I Mini: %s", message),
+        )
+        log.info("T2I Mini: training %s on %s (%d steps)", output.name, folder, steps)
+        with torch.inference_mode(False), torch.enable_grad():
+            result = train(config, text_encoder, codec, device=mm.get_torch_device(), callbacks=callbacks)
+        if result.stopped and getattr(result, "out_of_time", False):
+            log.info("T2I Mini: the %g-minute budget ended training at step %d of %d; %s is resumable",
+                     max_minutes, result.step, steps, result.checkpoint)
+        elif result.stopped:
+            log.info("T2I Mini: cancelled at step %d; %s holds a resumable checkpoint (queue again with resume on)",
+                     result.step, result.checkpoint)
+            mm.throw_exception_if_processing_interrupted()  # clears ComfyUI's flag and reports the interruption
+            raise mm.InterruptProcessingException()
+
+        curve = images_to_comfy(loss_curve_image(result.history)[None]).to(mm.intermediate_device())
+        return io.NodeOutput(result.model, curve, result.step, ui=ui.PreviewImage(curve, cls=cls))
+
+
+NODES = [Train]

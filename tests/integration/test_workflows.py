@@ -1,0 +1,196 @@
+"""The shipped workflows in a real ComfyUI: listed in the Templates dialog, node specs as the server reports
+them, and every API twin run end to end with tiny settings (few steps, small sizes)."""
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib.util
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from comfy_harness import PACK_NAME, REPO_ROOT, free_port
+
+WORKFLOWS = REPO_ROOT / "workflows"
+API_DIR = WORKFLOWS / "api"
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location("make_ui_workflows", REPO_ROOT / "scripts" / "make_ui_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gen = load_generator()
+
+
+def api_workflow(name: str) -> dict:
+    return json.loads((API_DIR / f"{name}.json").read_text())
+
+
+def nodes_of(prompt: dict, class_type: str) -> list[dict]:
+    return [n for n in prompt.values() if n["class_type"] == class_type]
+
+
+def set_inputs(prompt: dict, class_type: str, **values) -> None:
+    found = nodes_of(prompt, class_type)
+    assert found, f"the workflow has no {class_type}"
+    for node in found:
+        for key, value in values.items():
+            assert key in node["inputs"], f"{class_type} has no input {key}"
+            node["inputs"][key] = value
+
+
+def tiny(prompt: dict, prefix: str) -> dict:
+    """The same graph with CPU-test sizes and this run's own output prefix."""
+    prompt = copy.deepcopy(prompt)
+    if nodes_of(prompt, "T2IMiniGuidedSampler"):
+        set_inputs(prompt, "T2IMiniGuidedSampler", steps=3, precision="fp32")
+    for node in nodes_of(prompt, "SaveImage"):
+        node["inputs"]["filename_prefix"] = f"{prefix}/{node['inputs']['filename_prefix'].split('/')[-1]}"
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def trained_by_template(comfy):
+    """Run the train_from_dataset template with a few steps; its checkpoint feeds the other templates."""
+    name = f"wf_{uuid.uuid4().hex[:8]}"
+    prompt = tiny(api_workflow("train_from_dataset"), name)
+    set_inputs(prompt, "T2IMiniMakeDataset", count=64, folder_name="wf_shapes")
+    set_inputs(prompt, "T2IMiniTrain", steps=6, batch_size=8, validation_every=3, checkpoint_every=0,
+               checkpoint_name=name, precision="fp32")
+    set_inputs(prompt, "T2IMiniNoiseLatent", batch_size=8)  # 4 prompts x 2 seeds
+    set_inputs(prompt, "T2IMiniImageGrid", columns=2)  # one row per prompt
+    entry = comfy.run(prompt, timeout=300)
+    return name, prompt, entry
+
+
+def saved_images(comfy, entry, prompt, prefix_suffix: str):
+    node_id = next(k for k, n in prompt.items()
+                   if n["class_type"] == "SaveImage" and n["inputs"]["filename_prefix"].endswith(prefix_suffix))
+    return comfy.images(entry, node_id)
+
+
+def test_templates_dialog_lists_the_ui_workflows(comfy):
+    names = {p.stem for p in WORKFLOWS.glob("*.json")}
+    listed = comfy.workflow_templates().get(PACK_NAME, [])
+    assert set(listed) == names, listed  # workflows/api/ twins are not listed
+    for name in names:
+        served = comfy.get_json(f"/api/workflow_templates/{PACK_NAME}/{name}.json")
+        assert served == json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def test_node_specs_match_the_server(comfy):
+    # scripts/workflow_node_specs.json is what the pure-JSON tests and the generator trust for widget order.
+    committed = gen.load_specs()
+    info = comfy.object_info()
+    live = {node_type: gen.spec_from_object_info(info[node_type]) for node_type in committed}
+    assert live == committed, "node inputs changed: run python scripts/make_ui_workflows.py --refresh-specs"
+    assert gen.used_types() <= set(committed)
+
+
+def test_train_from_dataset_template_runs(comfy, trained_by_template):
+    name, prompt, entry = trained_by_template
+    assert (comfy.base_dir / "models" / "t2i_mini" / f"{name}.safetensors").is_file()
+    [curve] = saved_images(comfy, entry, prompt, "loss_curve")
+    assert curve.size == (512, 256)
+    [grid] = saved_images(comfy, entry, prompt, "shapes_grid")
+    assert grid.size == ((2 * 16 + 1) * 8, (4 * 16 + 3) * 8)  # 2 seeds x 4 prompts, padding 1, scaled 8x
+
+
+def test_text_to_image_template_runs(comfy, trained_by_template):
+    name, _, _ = trained_by_template
+    prompt = tiny(api_workflow("text_to_image"), name)
+    set_inputs(prompt, "T2IMiniCheckpointLoader", ckpt_name=f"{name}.safetensors")
+    images = saved_images(comfy, comfy.run(prompt, timeout=120), prompt, "text_to_image")
+    assert [im.size for im in images] == [(128, 128)] * 4
+
+
+def test_guidance_sweep_template_runs(comfy, trained_by_template):
+    name, _, _ = trained_by_template
+    prompt = tiny(api_workflow("guidance_sweep"), name)
+    set_inputs(prompt, "T2IMiniCheckpointLoader", ckpt_name=f"{name}.safetensors")
+    assert sorted(n["inputs"]["cfg"] for n in nodes_of(prompt, "T2IMiniGuidedSampler")) == [1.0, 3.0, 7.5]
+    [grid] = saved_images(comfy, comfy.run(prompt, timeout=120), prompt, "guidance_sweep")
+    assert grid.size == ((4 * 16 + 3) * 8, (3 * 16 + 2) * 8)  # 4 seeds x 3 scales
+
+
+def test_every_api_twin_is_covered():
+    covered = {"train_from_dataset", "text_to_image", "guidance_sweep"}
+    assert {p.stem for p in Path(API_DIR).glob("*.json")} == covered, "add a run test for the new workflow"
+
+
+# ---- the real frontend: load each UI file, then ask it for the prompt it would queue ----
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+async def frontend_prompts(url: str, workflows: dict[str, str], timeout: float = 90) -> dict[str, dict]:
+    """{name: API prompt} as ComfyUI's own frontend produces it (app.loadGraphData + app.graphToPrompt),
+    driven over the Chrome DevTools protocol in headless Chromium."""
+    import aiohttp  # a ComfyUI dependency
+
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="t2i-chromium-") as profile:
+        browser = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2).read())
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "headless Chromium did not start"
+                    await asyncio.sleep(0.2)
+            page = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+            async with aiohttp.ClientSession() as session, session.ws_connect(page, max_msg_size=0) as ws:
+                counter = iter(range(1, 1_000_000))
+
+                async def call(method: str, **params):
+                    call_id = next(counter)
+                    await ws.send_json({"id": call_id, "method": method, "params": params})
+                    while True:
+                        message = await ws.receive_json()
+                        if message.get("id") == call_id:
+                            assert "error" not in message, message["error"]
+                            return message["result"]
+
+                async def js(expression: str):
+                    result = await call("Runtime.evaluate", expression=expression, awaitPromise=True,
+                                        returnByValue=True)
+                    assert "exceptionDetails" not in result, json.dumps(result["exceptionDetails"])[:2000]
+                    return result["result"].get("value")
+
+                await call("Page.navigate", url=url)
+                while not await js("!!(window.app && window.app.graph && window.LiteGraph && "
+                                   "'T2IMiniTrain' in LiteGraph.registered_node_types)"):
+                    assert time.monotonic() < deadline, "the frontend did not load the pack's nodes"
+                    await asyncio.sleep(0.5)
+                prompts = {}
+                for name, text in workflows.items():
+                    output = await js(f"(async () => {{ await app.loadGraphData({text}, true, true, {json.dumps(name)});"
+                                      " return JSON.stringify((await app.graphToPrompt()).output); })()")
+                    prompts[name] = {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
+                                     for k, v in json.loads(output).items()}
+                return prompts
+        finally:
+            browser.terminate()
+            browser.wait(10)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (apt-get install chromium)")
+def test_frontend_turns_each_template_into_its_api_twin(comfy):
+    workflows = {p.stem: p.read_text() for p in sorted(WORKFLOWS.glob("*.json"))}
+    prompts = asyncio.run(frontend_prompts(comfy.url, workflows))
+    for name in workflows:
+        assert prompts[name] == api_workflow(name), f"{name}: the frontend queues something else than api/{name}.json"
