@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .checkpoint import atomic_save_safetensors, prefixed, save_checkpoint, take
 from .codecs import Codec, PixelCodec
-from .data.cache import TensorCache
+from .data.cache import TensorCache, module_digest
 from .data.folder import CaptionedImages, fingerprint, load_dataset
 from .devices import autocast, default_device, resolve_precision
 from .pipeline import T2IModel
@@ -55,6 +55,7 @@ class TrainConfig:
     preset: str = "tiny"
     resolution: int = 16
     steps: int = 1000
+    max_minutes: float = 0.0  # training-time budget; 0 = none. Reaching it saves and stops, like a cancel
     batch_size: int = 64
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3
@@ -87,6 +88,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0 (0 = no time budget), got {self.max_minutes}")
         if not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -125,8 +128,9 @@ class TrainResult:
     model: T2IModel  # with EMA weights
     checkpoint: Path
     step: int
-    stopped: bool  # cancelled before config.steps
+    stopped: bool  # cancelled, or out of time, before config.steps
     history: list[dict]
+    out_of_time: bool = False  # stopped because config.max_minutes of training time were spent
 
 
 def state_path(output: str | Path) -> Path:
@@ -247,8 +251,7 @@ class Trainer:
     # ---- data ----
     def encode_latents(self) -> torch.Tensor:
         """Each image's latent, encoded once and cached by (codec, image content, resolution)."""
-        codec_id = TensorCache.key("codec", json.dumps(self.codec.spec, sort_keys=True, default=str),
-                                   *[f"{k}:{float(v.float().sum()):.6e}" for k, v in self.codec.state_dict().items()])
+        codec_id = module_digest(self.codec, json.dumps(self.codec.spec, sort_keys=True, default=str))
         out = []
         for i, digest in enumerate(self.data.digests):
             key = TensorCache.key("latent", codec_id, digest, str(self.data.resolution))
@@ -414,13 +417,18 @@ class Trainer:
 
     def run(self) -> TrainResult:
         cfg = self.cfg
-        stopped = False
+        stopped = out_of_time = False
         start_step, t0 = self.step, time.perf_counter()
         self.unet.train()
         try:
             while self.step < cfg.steps:
                 if self.cb.should_stop is not None and self.cb.should_stop():
                     stopped = True
+                    break
+                # the budget counts all training time of this checkpoint, resumed runs included
+                if cfg.max_minutes and self.elapsed_s + time.perf_counter() - t0 >= cfg.max_minutes * 60:
+                    stopped = out_of_time = True
+                    (self.cb.log or (lambda m: None))(f"time budget of {cfg.max_minutes:g} min reached at step {self.step}")
                     break
                 loss = self.train_step()
                 lr = self.opt.param_groups[0]["lr"]
@@ -429,6 +437,8 @@ class Trainer:
                     done = self.step - start_step
                     rate = done * cfg.batch_size * cfg.grad_accum / max(time.perf_counter() - t0, 1e-9)
                     eta = (cfg.steps - self.step) * cfg.batch_size * cfg.grad_accum / max(rate, 1e-9)
+                    if cfg.max_minutes:
+                        eta = min(eta, max(0.0, cfg.max_minutes * 60 - self.elapsed_s - (time.perf_counter() - t0)))
                     self.cb.on_progress(Progress(self.step, cfg.steps, loss, lr, rate, eta))
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                     self.elapsed_s += time.perf_counter() - t0
@@ -446,9 +456,9 @@ class Trainer:
         self.elapsed_s += time.perf_counter() - t0
         self.unet.eval()
         self.save()
-        if not stopped:
+        if not stopped or out_of_time:
             self.validate()
-        return TrainResult(self.model(), self.output, self.step, stopped, self.history)
+        return TrainResult(self.model(), self.output, self.step, stopped, self.history, out_of_time)
 
 
 def read_train_state(path: Path):
