@@ -24,6 +24,10 @@ help:
 setup:
 	@bash scripts/setup_comfyui.sh
 
+# On a shared 2-core machine OpenMP's default spin-waiting can make torch 10-100x slower whenever a neighbour
+# is busy (docs/PERFORMANCE.md, "Noise"); passive waiting keeps test times bounded. The server inherits it.
+test test-unit test-integration: export OMP_WAIT_POLICY ?= PASSIVE
+
 test: setup
 	$(PYTEST) $(PYTEST_ARGS)
 

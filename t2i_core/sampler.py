@@ -9,8 +9,8 @@ The text's cross-attention keys/values are the same at every step and are projec
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -31,7 +31,7 @@ class Conditioning:
     def __len__(self) -> int:
         return self.context.shape[0]
 
-    def expand(self, batch: int) -> "Conditioning":
+    def expand(self, batch: int) -> Conditioning:
         """Broadcast a batch-1 conditioning to `batch` rows (one prompt for a whole batch)."""
         if len(self) == batch:
             return self
@@ -122,9 +122,9 @@ def sample(
     x = noise.float()
     pairs = schedule.step_pairs(steps, sampler)
     for i, (t, t_prev) in enumerate(pairs):
-        x_in = torch.cat([x, x]) if use_cfg else x
         with autocast(device, precision):
-            out = unet(x_in.to(dtype), torch.tensor([t], device=device), prepared).float()
+            # with CFG the prepared context is [uncond; cond]: the U-Net shares x between the two halves
+            out = unet(x.to(dtype), torch.tensor([t], device=device), prepared).float()
         if use_cfg:
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + guidance_scale * (out_cond - out_uncond)

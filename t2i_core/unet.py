@@ -56,7 +56,7 @@ class UNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
+    def from_dict(cls, d: dict) -> UNetConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -92,11 +92,59 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls on x's device produce here: autocast's, when it is on."""
+    device = x.device.type
+    try:
+        if torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+    except (TypeError, AttributeError):  # torch < 2.4
+        if device == "cpu" and torch.is_autocast_cpu_enabled():
+            return torch.get_autocast_cpu_dtype()
+        if device == "cuda" and torch.is_autocast_enabled():
+            return torch.get_autocast_gpu_dtype()
+    return x.dtype
+
+
 def zero_module(module: nn.Module) -> nn.Module:
     # Residual branches start as the identity, which keeps early training stable.
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
+
+
+# bf16 attention on the CPU: scaled_dot_product_attention's CPU kernel is slow for the short key sequences and
+# small heads of this library's models, where two oneDNN matmuls and a softmax are faster: measured in the
+# U-Net, 5-10% for a whole sampling step and 1.5x for a whole training step at 32 px. From 512 keys on the
+# kernel is faster again (1.4x for a sampling step at 64 px), and its flash-style loop never stores the
+# scores, so the matmul form is used up to 256 keys and never beyond this many scores (batch x heads x
+# queries x keys; 32M bf16 scores = 64 MB). Measurements: docs/PERFORMANCE.md, "Attention kernel".
+CPU_MATMUL_ATTENTION_MAX_SCORES = 1 << 25
+MATMUL_ATTENTION_MAX_KEYS = 256
+
+
+def use_matmul_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return False
+    b, heads, n, _ = q.shape
+    keys = k.shape[-2]
+    if b * heads * n * keys > CPU_MATMUL_ATTENTION_MAX_SCORES:
+        return False
+    # up to 16x16 positions (and any text): the matmul form; at 32x32 positions and above the flash kernel
+    return keys <= MATMUL_ATTENTION_MAX_KEYS
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v for (B, heads, N, d) queries and (B, heads, L, d) keys and values.
+
+    `mask` (B, 1, 1, L): bool, True = attend, or an additive float mask (0 or -inf) of q's dtype, which the U-Net
+    builds once per forward pass. The same function whichever kernel computes it."""
+    if use_matmul_attention(q, k):
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        return scores.softmax(dim=-1) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class CrossAttention(nn.Module):
@@ -124,10 +172,11 @@ class CrossAttention(nn.Module):
         return self.split_heads(self.to_k(context)), self.split_heads(self.to_v(context))
 
     def forward(self, x, context=None, key_mask=None, kv=None):
+        """key_mask: (B, L) bool, True = attend, or already shaped (B, 1, 1, L) as the U-Net passes it."""
         q = self.split_heads(self.to_q(x))
         k, v = kv if kv is not None else self.project_context(x if context is None else context)
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # broadcast over heads and queries
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        mask = key_mask if key_mask is None or key_mask.dim() == 4 else key_mask[:, None, None, :]
+        out = attention(q, k, v, mask)
         b, h, n, d = out.shape
         return self.to_out(out.transpose(1, 2).reshape(b, n, h * d))
 
@@ -189,11 +238,16 @@ class ResBlock(nn.Module):
         self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x, temb):
+    def forward(self, x, temb_act):
+        """temb_act: the timestep embedding after its SiLU, (B or 1, temb_dim); the U-Net applies the SiLU once
+        for all blocks."""
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+        h = h + self.temb_proj(temb_act).reshape(temb_act.shape[0], -1, 1, 1)
+        h = F.silu(self.norm2(h))
+        if self.training:
+            h = self.dropout(h)
+        h = self.conv2(h)
+        return (x if isinstance(self.skip, nn.Identity) else self.skip(x)) + h
 
 
 class Downsample(nn.Module):
@@ -225,8 +279,22 @@ class UNetStage(nn.Module):
     def forward(self, x, temb, context, key_mask, kv_iter):
         x = self.res(x, temb)
         if self.attn is not None:
+            if x.shape[0] < context.shape[0]:  # x shared by several conditionings: widen it where the text enters
+                x = x.repeat(context.shape[0] // x.shape[0], 1, 1, 1)
             x = self.attn(x, context, key_mask, None if kv_iter is None else next(kv_iter))
         return x
+
+
+def trim_padding(context: torch.Tensor, key_mask: torch.Tensor | None):
+    """(context, key_mask) cut after the last column any row attends to; a mask that keeps everything becomes None.
+
+    Masked keys get zero attention weight, so dropping them changes no output (nor any gradient) and saves the
+    work on them: CLIP pads every prompt to 77 tokens, and short captions use 5-15 of them."""
+    if key_mask is None or bool(key_mask.all()):
+        return context, None
+    used = key_mask.any(dim=0).nonzero()
+    length = int(used.max()) + 1 if used.numel() else 1
+    return context[:, :length], key_mask[:, :length]
 
 
 @dataclass
@@ -241,7 +309,7 @@ class PreparedContext:
     key_mask: torch.Tensor | None
     kvs: list = field(default_factory=list)  # per SpatialTransformer: list of (k, v) per block
 
-    def select(self, index) -> "PreparedContext":
+    def select(self, index) -> PreparedContext:
         pick = lambda t: t[index]  # noqa: E731
         return PreparedContext(
             pick(self.context),
@@ -292,17 +360,17 @@ class TextConditionedUNet(nn.Module):
         return [m for m in [*self.down, *self.mid, *self.up] if isinstance(m, UNetStage)]
 
     def prepare_context(self, context: torch.Tensor, key_mask: torch.Tensor | None = None) -> PreparedContext:
-        if key_mask is not None:
-            if key_mask.all():
-                key_mask = None
-            else:
-                length = int(key_mask.sum(1).max())
-                context, key_mask = context[:, :length], key_mask[:, :length]
+        context, key_mask = trim_padding(context, key_mask)
         kvs = [[blk.attn2.project_context(context) for blk in st.attn.blocks] for st in self.stages() if st.attn is not None]
         return PreparedContext(context, key_mask, kvs)
 
     def forward(self, x, t, context, key_mask=None):
-        """x: (B, C, H, W) noisy input; t: (B,) timesteps; context: (B, L, D) text states or a PreparedContext."""
+        """x: (B, C, H, W) noisy input; t: (B,) or (1,) timesteps; context: (B, L, D) text states or a PreparedContext.
+
+        The context may have k*B rows for B images: x is then shared by k conditionings, as in classifier-free
+        guidance's [uncond; cond], and the output has k*B rows, row j computed from x[j % B]. Everything before
+        the first cross-attention is computed once for the B images, not k times.
+        """
         if isinstance(context, PreparedContext):
             prepared = context
         else:
@@ -310,24 +378,46 @@ class TextConditionedUNet(nn.Module):
                 raise ValueError(
                     f"the text conditioning is {context.shape[-1]} wide but this U-Net reads {self.cfg.context_dim}-wide "
                     "text: use the text encoder the model was trained with")
+            if key_mask is not None and key_mask.device.type == "cpu":  # (on a GPU the cut would cost a sync)
+                context, key_mask = trim_padding(context, key_mask)
             prepared = PreparedContext(context, key_mask, [])
         f = self.cfg.downsample_factor
         if x.shape[-1] % f or x.shape[-2] % f:
             raise ValueError(f"height and width must be multiples of {f} for this U-Net, got {tuple(x.shape[-2:])}")
         kv_iter = iter(prepared.kvs) if prepared.kvs else None
         ctx, mask = prepared.context, prepared.key_mask
+        batch = x.shape[0]
+        groups = ctx.shape[0] // batch if ctx.shape[0] > batch else 1
+        if groups * batch != max(ctx.shape[0], batch):
+            raise ValueError(f"{ctx.shape[0]} text conditionings for {batch} images: give one per image, or a "
+                             "multiple of the number of images (each image is then shared by that many conditionings)")
+        t = t.reshape(-1)
+        if t.shape[0] not in (1, batch):
+            raise ValueError(f"{t.shape[0]} timesteps for {batch} images: give one, or one per image")
 
-        temb = self.time_embed(timestep_embedding(t.expand(x.shape[0]), self.cfg.base_channels).to(x.dtype))
+        # one timestep for the batch (sampling): embed it once and let it broadcast
+        temb = F.silu(self.time_embed(timestep_embedding(t, self.cfg.base_channels).to(x.dtype)))
+        temb_wide = temb.repeat(groups, 1) if groups > 1 and temb.shape[0] > 1 else temb
+        if mask is not None:  # built once for every attention: additive, (B, heads, queries, keys)
+            bias = torch.zeros(mask.shape, dtype=compute_dtype(x), device=mask.device)
+            mask = bias.masked_fill_(~mask, float("-inf"))[:, None, None, :]
+
+        def temb_for(h):
+            return temb if h.shape[0] == temb.shape[0] else temb_wide
+
         h = self.conv_in(x)
         skips = [h]
         for m in self.down:
-            h = m(h, temb, ctx, mask, kv_iter) if isinstance(m, UNetStage) else m(h)
+            h = m(h, temb_for(h), ctx, mask, kv_iter) if isinstance(m, UNetStage) else m(h)
             skips.append(h)
         for m in self.mid:
-            h = m(h, temb, ctx, mask, kv_iter)
+            h = m(h, temb_for(h), ctx, mask, kv_iter)
         for m in self.up:
             if isinstance(m, UNetStage):
-                h = m(torch.cat([h, skips.pop()], dim=1), temb, ctx, mask, kv_iter)
+                skip = skips.pop()
+                if skip.shape[0] != h.shape[0]:  # computed before x was widened
+                    skip = skip.repeat(h.shape[0] // skip.shape[0], 1, 1, 1)
+                h = m(torch.cat([h, skip], dim=1), temb_for(h), ctx, mask, kv_iter)
             else:
                 h = m(h)
         return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,0 +1,268 @@
+"""Quality benchmark: train on the built-in datasets under a time budget, then measure what came out.
+
+    .venv/bin/python -m bench.quality [--quick] [--minutes 3] [--n 500] [--datasets digits,shapes]
+
+For each dataset it trains a fresh model with the default TrainConfig (only dataset, output, resolution and a
+time budget are set), then samples a fixed set of seeds at guidance scales 1, 3 and 7.5 (DDIM, 25 steps, eta 0)
+and reports:
+
+* adherence: digits - how often DigitsJudge (an SVC trained on the real train split) reads the prompted
+  digit; shapes - judge_shapes' analytic check of color, shape, position, size and all four;
+* diversity: mean pairwise distance between samples of the same prompt, averaged over prompts, beside the
+  same figure for real held-out images (a model that draws one image per prompt scores near 0);
+* FD: Fréchet distance between generated and held-out real images in the PCA space of the real train images
+  (32 components), beside the distance between an equally large random subset of the real train images and
+  the held-out ones (real-vs-real: the floor that finite samples allow).
+
+Image i is prompted with class i mod (number of classes) and seeded with i, at every scale. Training time is
+wall-clock on whatever machine runs it: the load average is printed with it, since other processes slow it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.judges import (DigitsJudge, frechet_distance, judge_shapes, mean_pairwise_distance,  # noqa: E402
+                          pca_features, summarize_judgements)
+from t2i_core.data.builtin import (DIGIT_WORDS, digits_caption, generate_shapes, load_digits_arrays,  # noqa: E402
+                                   make_digits_dataset, make_shapes_dataset)
+from t2i_core.pipeline import T2IModel  # noqa: E402
+from t2i_core.text_encoder import tiny_text_encoder  # noqa: E402
+from t2i_core.train import TrainCallbacks, TrainConfig, state_path, train  # noqa: E402
+
+BENCH_DIR = Path(os.environ.get("T2I_BENCH_DIR", REPO / ".cache" / "bench"))
+SCALES = (1.0, 3.0, 7.5)
+SAMPLING_STEPS = 25
+RESOLUTION = 16  # digits are 8x8 at source; shapes are judged reliably at 16 px (100% on real images)
+PCA_COMPONENTS = 32
+SHAPES_TRAIN_COUNT = 1000
+SHAPES_HELDOUT_SEED = 1
+GENERATION_BATCH = 250
+
+
+def digits_checkpoint_path(root: Path | None = None) -> Path:
+    """Where the digits model trained by this benchmark is kept (bench.steps reuses it)."""
+    return (root or BENCH_DIR) / "digits" / "digits.safetensors"
+
+
+@dataclass
+class Trained:
+    model: T2IModel
+    checkpoint: Path
+    steps: int
+    train_s: float
+    cpu_s: float
+    out_of_time: bool
+    load: tuple[float, float]  # 1-minute load average before and after training
+    config: TrainConfig
+    losses: list[float] = field(default_factory=list)
+
+
+def train_fresh(dataset: Path, output: Path, *, minutes: float | None, steps: int | None, log=None, **overrides) -> Trained:
+    """Train a new model on `dataset` (earlier bench output there is removed), defaults apart from the arguments."""
+    for path in [output, state_path(output), *output.parent.glob(output.stem + "-step*.safetensors")]:
+        path.unlink(missing_ok=True)
+    kw = dict(dataset=str(dataset), output=str(output), resolution=RESOLUTION, **overrides)
+    if minutes:
+        kw["max_minutes"] = minutes
+        kw["steps"] = steps or 1_000_000  # the budget decides
+    elif steps:
+        kw["steps"] = steps
+    cfg = TrainConfig(**kw)
+    encoder = tiny_text_encoder(0)
+
+    def progress(p):
+        if log and (p.step % 100 == 0):
+            log(f"  step {p.step}  loss {p.loss:.4f}  {p.images_per_s:.0f} img/s")
+    load_before = os.getloadavg()[0]
+    cpu0 = time.process_time()
+    result = train(cfg, encoder, device="cpu", callbacks=TrainCallbacks(on_progress=progress, log=log))
+    cpu_s = time.process_time() - cpu0
+    model = result.model
+    model.unet.eval()
+    return Trained(model, result.checkpoint, result.step, float(model.training.get("train_seconds", 0.0)), cpu_s,
+                   result.out_of_time, (load_before, os.getloadavg()[0]), cfg, [h["loss"] for h in result.history])
+
+
+def generate(model: T2IModel, prompts: list[str], seeds: list[int], guidance: float, *, steps: int = SAMPLING_STEPS,
+             sampler: str = "ddim", resolution: int = RESOLUTION) -> tuple[torch.Tensor, float]:
+    """Images for (prompt, seed) pairs, in batches; returns (images, wall seconds)."""
+    out, t0 = [], time.perf_counter()
+    for i in range(0, len(prompts), GENERATION_BATCH):
+        out.append(model.generate(prompts[i: i + GENERATION_BATCH], seeds=seeds[i: i + GENERATION_BATCH],
+                                  height=resolution, width=resolution, steps=steps, guidance_scale=guidance,
+                                  sampler=sampler))
+    return torch.cat(out), time.perf_counter() - t0
+
+
+def within_prompt_diversity(images: torch.Tensor, keys: list) -> float:
+    """Mean pairwise distance among images of the same prompt, averaged over prompts."""
+    keys = np.asarray(keys)
+    values = [mean_pairwise_distance(images[torch.from_numpy(np.flatnonzero(keys == k))])
+              for k in dict.fromkeys(keys.tolist()) if (keys == k).sum() >= 2]
+    return float(np.mean(values))
+
+
+def real_reference_fd(pca, train_images: torch.Tensor, heldout: torch.Tensor, n: int, repeats: int = 5) -> float:
+    """FD between n random real train images and the held-out ones, averaged over `repeats` draws: what a perfect
+    generator would score with n samples (FD falls as n grows, so the reference must use the same n)."""
+    values = []
+    for seed in range(repeats):
+        pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[: min(n, len(train_images))]
+        values.append(frechet_distance(pca(train_images[pick]), pca(heldout)))
+    return float(np.mean(values))
+
+
+def load_line(trained: Trained) -> str:
+    return f"load average {trained.load[0]:.1f} before, {trained.load[1]:.1f} after, on {os.cpu_count()} CPUs"
+
+
+def training_line(name: str, trained: Trained) -> str:
+    c = trained.config
+    budget = f"budget {c.max_minutes:g} min, " if c.max_minutes else ""
+    return (f"{name}: {trained.steps} steps (batch {c.batch_size}) in {trained.train_s / 60:.2f} min wall-clock "
+            f"({budget}{trained.steps * c.batch_size / max(trained.train_s, 1e-9):.0f} img/s, "
+            f"{trained.cpu_s / 60:.2f} CPU-min); {load_line(trained)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# digits
+
+def bench_digits(*, minutes: float | None, steps: int | None, n: int, root: Path, log=None,
+                 trained: Trained | None = None) -> tuple[str, dict]:
+    train_dir = make_digits_dataset(root / "data" / f"digits{RESOLUTION}", RESOLUTION, "train")
+    if trained is None:
+        trained = train_fresh(train_dir, digits_checkpoint_path(root), minutes=minutes, steps=steps, log=log)
+    judge = DigitsJudge(RESOLUTION)
+    real_train, _ = load_digits_arrays(RESOLUTION, "train")
+    heldout, heldout_labels = load_digits_arrays(RESOLUTION, "heldout")
+    pca = pca_features(real_train, PCA_COMPONENTS)
+    labels = [i % 10 for i in range(n)]
+    prompts = [digits_caption(k) for k in labels]
+    seeds = list(range(n))
+    real_div = within_prompt_diversity(heldout, heldout_labels.tolist())
+    real_fd = real_reference_fd(pca, real_train, heldout, n)
+    rows, figures = [], {"steps": trained.steps, "train_s": trained.train_s, "judge_heldout": judge.heldout_accuracy(),
+                         "real_diversity": real_div, "real_fd": real_fd}
+    for w in SCALES:
+        images, seconds = generate(trained.model, prompts, seeds, w)
+        adherence = judge.adherence(images, prompts)
+        per_digit = judge.predict(images) == np.asarray(labels)
+        worst = int(np.argmin([per_digit[np.asarray(labels) == d].mean() for d in range(10)]))
+        div = within_prompt_diversity(images, labels)
+        fd = frechet_distance(pca(images), pca(heldout))
+        figures[w] = {"adherence": adherence, "diversity": div, "fd": fd, "s_per_image": seconds / n}
+        rows.append(f"| {w:g} | **{adherence:.1%}** | {DIGIT_WORDS[worst]} {per_digit[np.asarray(labels) == worst].mean():.0%} "
+                    f"| {div:.3f} | {fd:.2f} ({fd / real_fd:.1f}x) | {seconds / n * 1000:.0f} |")
+        if log:
+            log(f"  digits w={w:g}: adherence {adherence:.3f}, diversity {div:.3f}, FD {fd:.2f}")
+    text = "\n".join([
+        f"### digits ({RESOLUTION} px, sklearn's real digits, {len(real_train)} train / {len(heldout)} held out)",
+        "",
+        training_line("Training", trained),
+        "",
+        f"DigitsJudge reads {figures['judge_heldout']:.1%} of the real held-out digits correctly. "
+        f"{n} images per scale ({n // 10} per digit), seeds 0..{n - 1}, DDIM {SAMPLING_STEPS} steps, eta 0, fp32. "
+        f"Real held-out digits: diversity {real_div:.3f}; real-vs-real FD {real_fd:.2f} ({min(n, len(real_train))} train "
+        f"vs {len(heldout)} held out).",
+        "",
+        "| w | adherence | worst digit | diversity (real {:.3f}) | FD vs held-out (real-vs-real {:.2f}) | ms/image |".format(real_div, real_fd),
+        "|---|---|---|---|---|---|",
+        *rows,
+    ])
+    return text, figures
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shapes
+
+def bench_shapes(*, minutes: float | None, steps: int | None, n: int, root: Path, log=None) -> tuple[str, dict]:
+    train_dir = make_shapes_dataset(root / "data" / f"shapes{RESOLUTION}", SHAPES_TRAIN_COUNT, RESOLUTION, seed=0)
+    trained = train_fresh(train_dir, root / "shapes" / "shapes.safetensors", minutes=minutes, steps=steps, log=log)
+    to_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255  # noqa: E731
+    real_train = to_tensor(generate_shapes(SHAPES_TRAIN_COUNT, RESOLUTION, seed=0)[0])
+    held_images, held_captions, _ = generate_shapes(720, RESOLUTION, seed=SHAPES_HELDOUT_SEED)
+    heldout = to_tensor(held_images)
+    pca = pca_features(real_train, PCA_COMPONENTS)
+    _, captions, _ = generate_shapes(max(n, 72), RESOLUTION, seed=SHAPES_HELDOUT_SEED)  # balanced: 72 combinations a cycle
+    prompts, seeds = captions[:n], list(range(n))
+    real_div = within_prompt_diversity(heldout, held_captions)
+    real_fd = real_reference_fd(pca, real_train, heldout, n)
+    real_judged = summarize_judgements(judge_shapes(heldout, held_captions))["all"]
+    rows, figures = [], {"steps": trained.steps, "train_s": trained.train_s, "real_diversity": real_div, "real_fd": real_fd}
+    for w in SCALES:
+        images, seconds = generate(trained.model, prompts, seeds, w)
+        s = summarize_judgements(judge_shapes(images, prompts))
+        div = within_prompt_diversity(images, prompts)
+        fd = frechet_distance(pca(images), pca(heldout))
+        figures[w] = {**s, "diversity": div, "fd": fd, "s_per_image": seconds / n}
+        rows.append(f"| {w:g} | **{s['all']:.1%}** | {s['color']:.0%} | {s['shape']:.0%} | {s['position']:.0%} "
+                    f"| {s['size']:.0%} | {div:.3f} | {fd:.2f} ({fd / real_fd:.1f}x) | {seconds / n * 1000:.0f} |")
+        if log:
+            log(f"  shapes w={w:g}: all {s['all']:.3f}, diversity {div:.3f}, FD {fd:.2f}")
+    text = "\n".join([
+        f"### shapes ({RESOLUTION} px, {SHAPES_TRAIN_COUNT} generated training images, 72 captions)",
+        "",
+        training_line("Training", trained),
+        "",
+        f"judge_shapes passes {real_judged:.0%} of real held-out shapes. {n} images per scale, seeds 0..{n - 1}, "
+        f"DDIM {SAMPLING_STEPS} steps, eta 0, fp32. Diversity is among images of the same caption.",
+        "",
+        f"| w | all | color | shape | position | size | diversity (real {real_div:.3f}) "
+        f"| FD vs held-out (real-vs-real {real_fd:.2f}) | ms/image |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ])
+    return text, figures
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def run(quick: bool = False, *, minutes: float | None = None, steps: int | None = None, n: int | None = None,
+        datasets: tuple[str, ...] = ("digits", "shapes"), root: Path | None = None, log=None) -> str:
+    """The benchmark's markdown. quick: half a minute of training and 100 images per scale (a smoke run)."""
+    root = Path(root or BENCH_DIR)
+    if minutes is None and steps is None:
+        minutes = 0.5 if quick else 3.0
+    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    parts = [f"## Quality ({'quick, ' if quick else ''}torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')})"]
+    if "digits" in datasets:
+        parts.append(bench_digits(minutes=minutes, steps=steps, n=n or (100 if quick else 500), root=root, log=log)[0])
+    if "shapes" in datasets:
+        parts.append(bench_shapes(minutes=minutes, steps=steps, n=n or (72 if quick else 360), root=root, log=log)[0])
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="half a minute of training, 100 images per scale")
+    p.add_argument("--minutes", type=float, help="training-time budget per dataset (default 3, quick 0.5)")
+    p.add_argument("--steps", type=int, help="train this many steps (with --minutes: at most this many)")
+    p.add_argument("--n", type=int, help="images per guidance scale (default 500 digits / 360 shapes)")
+    p.add_argument("--datasets", default="digits,shapes", help="comma-separated: digits, shapes")
+    p.add_argument("--root", type=Path, default=None, help=f"work folder (default {BENCH_DIR})")
+    p.add_argument("--out", type=Path, help="also write the markdown here")
+    p.add_argument("-q", "--quiet", action="store_true")
+    a = p.parse_args(argv)
+    log = None if a.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    text = run(a.quick, minutes=a.minutes, steps=a.steps, n=a.n, datasets=tuple(a.datasets.split(",")), root=a.root,
+               log=log)
+    print(text)
+    if a.out:
+        a.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

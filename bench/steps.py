@@ -1,0 +1,142 @@
+"""Steps to quality: digit adherence against the number of sampling steps, per sampler, on a trained digits model.
+
+    .venv/bin/python -m bench.steps [--checkpoint PATH] [--quick] [--n 500] [--guidance 3]
+
+Without --checkpoint it uses the model bench.quality last trained (.cache/bench/digits/digits.safetensors),
+and trains one (3 minutes, the defaults) if there is none. For each sampler in t2i_core.SAMPLERS (DDIM with
+eta 0, DDPM ancestral) and each step count it generates the same n prompts and seeds (digit i mod 10, seed i),
+and reports adherence (DigitsJudge), ms per image when generated in batches of 250 and ms for one image alone
+(batch 1, the latency a user waiting on one image sees). Then the figure users care about: the fewest
+seconds to an image of a given adherence, i.e. the cheapest (sampler, steps) whose adherence reaches it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.judges import DigitsJudge  # noqa: E402
+from bench.quality import (BENCH_DIR, RESOLUTION, digits_checkpoint_path, generate, train_fresh,  # noqa: E402
+                           training_line)
+from t2i_core import SAMPLERS, load_checkpoint  # noqa: E402
+from t2i_core.data.builtin import digits_caption, make_digits_dataset  # noqa: E402
+
+STEP_COUNTS = (5, 10, 20, 50)
+TARGETS = (0.90, 0.95, 0.98, 0.99)
+
+
+def single_image_ms(model, steps: int, sampler: str, guidance: float, repeats: int = 3) -> float:
+    """Median wall ms to generate one image alone (batch 1, CFG batched as 2)."""
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        model.generate(digits_caption(r % 10), seeds=[10_000 + r], height=RESOLUTION, width=RESOLUTION, steps=steps,
+                       guidance_scale=guidance, sampler=sampler)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1000
+
+
+def ensure_model(checkpoint: Path | None, quick: bool, log=None):
+    """(model, description): the given checkpoint, or bench.quality's digits model, trained now if missing."""
+    path = Path(checkpoint) if checkpoint else digits_checkpoint_path()
+    if path.exists():
+        model = load_checkpoint(path)
+        info = model.training or {}
+        return model, (f"checkpoint `{path.name}`: {info.get('step', '?')} training steps, "
+                       f"{info.get('train_seconds', 0) / 60:.2f} min of training")
+    if checkpoint:
+        raise SystemExit(f"no checkpoint at {path}")
+    if log:
+        log(f"no digits model at {path}: training one ({'0.5' if quick else '3'} min)")
+    data = make_digits_dataset(BENCH_DIR / "data" / f"digits{RESOLUTION}", RESOLUTION, "train")
+    trained = train_fresh(data, path, minutes=0.5 if quick else 3.0, steps=None, log=log)
+    return trained.model, training_line("trained now", trained)
+
+
+def run(quick: bool = False, *, checkpoint: Path | None = None, n: int | None = None, guidance: float = 3.0,
+        step_counts: tuple[int, ...] = STEP_COUNTS, log=None) -> str:
+    n = n or (100 if quick else 500)
+    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    model, described = ensure_model(checkpoint, quick, log)
+    model.unet.eval()
+    judge = DigitsJudge(RESOLUTION)
+    prompts = [digits_caption(i % 10) for i in range(n)]
+    seeds = list(range(n))
+    load_before = os.getloadavg()[0]
+    results = {}  # (sampler, steps) -> (adherence, batched s/image, single-image s)
+    rows = []
+    for sampler in SAMPLERS:
+        for steps in step_counts:
+            images, seconds = generate(model, prompts, seeds, guidance, steps=steps, sampler=sampler)
+            adherence = judge.adherence(images, prompts)
+            alone = single_image_ms(model, steps, sampler, guidance, repeats=1 if quick else 3) / 1000
+            results[(sampler, steps)] = (adherence, seconds / n, alone)
+            label = "DDIM (eta 0)" if sampler == "ddim" else "DDPM"
+            rows.append(f"| {label} | {steps} | **{adherence:.1%}** | {seconds / n * 1000:.1f} | {alone * 1000:.0f} "
+                        f"| {seconds / n / max(adherence, 1e-9) * 1000:.1f} |")
+            if log:
+                log(f"  {sampler} {steps} steps: adherence {adherence:.3f}, {seconds / n * 1000:.1f} ms/image")
+    load_after = os.getloadavg()[0]
+
+    def fastest(target, sampler=None, column=1):
+        ok = [(v[column], k) for k, v in results.items() if v[0] >= target and (sampler is None or k[0] == sampler)]
+        return min(ok) if ok else None
+
+    def cell(found):
+        if found is None:
+            return "not reached"
+        value, (sampler, steps) = found
+        return f"{value * 1000:.0f} ms ({sampler.upper()} {steps})" if value < 1 else f"{value:.2f} s ({sampler.upper()} {steps})"
+    target_rows = []
+    for target in TARGETS:
+        target_rows.append(f"| ≥ {target:.0%} | {cell(fastest(target, 'ddim'))} | {cell(fastest(target, 'ddpm'))} "
+                           f"| {cell(fastest(target, None, 2))} |")
+    return "\n".join([
+        f"## Steps to quality ({'quick, ' if quick else ''}torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{time.strftime('%Y-%m-%d %H:%M')})",
+        "",
+        f"Digits model: {described}. Guidance {guidance:g}; {n} images per row (digit i mod 10, seed i); "
+        f"DigitsJudge reads {judge.heldout_accuracy():.1%} of real held-out digits. Load average {load_before:.1f} "
+        f"before, {load_after:.1f} after, on {os.cpu_count()} CPUs.",
+        "",
+        "| sampler | steps | adherence | ms/image (batch 250) | ms for one image alone | ms per judged-correct image |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Seconds to an image of a given adherence: the cheapest setting that reaches it.",
+        "",
+        "| adherence | DDIM, batched | DDPM, batched | any sampler, one image alone |",
+        "|---|---|---|---|",
+        *target_rows,
+    ]) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, help="a digits model (default: bench.quality's, trained if missing)")
+    p.add_argument("--quick", action="store_true", help="100 images per row")
+    p.add_argument("--n", type=int, help="images per row (default 500)")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--steps", default=",".join(map(str, STEP_COUNTS)), help="comma-separated step counts")
+    p.add_argument("--out", type=Path, help="also write the markdown here")
+    p.add_argument("-q", "--quiet", action="store_true")
+    a = p.parse_args(argv)
+    log = None if a.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    text = run(a.quick, checkpoint=a.checkpoint, n=a.n, guidance=a.guidance,
+               step_counts=tuple(int(s) for s in a.steps.split(",")), log=log)
+    print(text)
+    if a.out:
+        a.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
