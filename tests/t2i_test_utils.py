@@ -1,19 +1,10 @@
 """Helpers shared by the unit tests."""
 import torch
 
+from bench.common import randomize_zero_layers  # noqa: F401 (re-exported for the tests)
+
 # A text tower small enough that tests build it in milliseconds; CLIP's real tokenizer and context length.
 TEST_TEXT_CONFIG = dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
-
-
-def randomize_zero_layers(module: torch.nn.Module, seed: int = 0):
-    """The U-Net zero-initialises its output layers (so training starts at identity); a test model needs
-    them non-zero, or every output would be zero and comparisons would pass trivially."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.dim() > 1 and p.abs().sum() == 0:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return module
 
 
 def make_test_model(channel_mult=(1, 2), seed: int = 0, prediction_type: str = "epsilon"):
