@@ -60,14 +60,16 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3
     lr_schedule: str = "constant"  # or "cosine"
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     cfg_dropout: float = 0.1
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0  # 0 disables Min-SNR weighting
     noise_offset: float = 0.0
-    prediction_type: str = "epsilon"
+    # v-prediction: on digits (tiny, 16 px, batch 64, lr 1e-3) 99.5% adherence at w=3 after 300 steps vs 81% for
+    # epsilon at 300 and 90.5% at 600, with a lower PCA Frechet distance (the issue-3 note has the runs)
+    prediction_type: str = "v_prediction"
     beta_schedule: str = "scaled_linear"
     precision: str = "auto"
     seed: int = 0
