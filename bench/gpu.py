@@ -38,6 +38,8 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--mm", type=int, default=None, help="matmul size for the peak (default 8192 on CUDA, 1024 on CPU)")
     p.add_argument("--quick", action="store_true", help="2 steps, 2 repeats, small matmul: a smoke test")
+    p.add_argument("--parts", default="sample,train,channels_last",
+                   help="comma-separated: sample, train, channels_last, compile_train, compile_sample")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -48,9 +50,13 @@ def sync(device):
 
 
 def timed(fn, device, repeats: int, warmup: int = 1) -> float:
-    """Median seconds of fn() over `repeats`, after `warmup` calls."""
+    """Median seconds of fn() over `repeats`, after `warmup` calls. The peak-memory counter restarts after the
+    warm-up: cuDNN's autotuning (cudnn.benchmark) tries algorithms with large workspaces during the first calls,
+    which is not memory the steady state needs."""
     for _ in range(warmup):
         fn()
+    sync(device)
+    reset_peak(device)
     times = []
     for _ in range(repeats):
         sync(device)
@@ -74,13 +80,14 @@ def peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(args) -> dict:
+def measure(args, save=lambda r: None) -> dict:
+    """Fills and returns the result dict; `save(result)` runs after each part, so a run cut short keeps what it got."""
     from t2i_core.sampler import Conditioning, make_noise, sample
     from t2i_core.schedule import NoiseSchedule
     from t2i_core.unet import TextConditionedUNet, preset_config
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from bench.common import count_flops
+    from bench.common import count_flops, matmul_peak
 
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -92,12 +99,10 @@ def measure(args) -> dict:
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "preset": args.preset, "latent": [args.channels, args.res, args.res]}
 
-    # bf16 matmul peak
     n = args.mm or (8192 if device.type == "cuda" else 1024)
-    mats = [torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2)]
-    peak = 2 * n**3 / timed(lambda: torch.mm(*mats), device, max(3, args.repeats)) / 1e9
+    peak = matmul_peak(torch.bfloat16, n=n, repeats=max(3, args.repeats), device=device)
     result["bf16_mm_peak_gflops"] = peak
-    mats.clear()
+    save(result)
 
     torch.manual_seed(0)
     cfg = preset_config(args.preset, in_channels=args.channels, out_channels=args.channels, context_dim=args.context_dim)
@@ -109,61 +114,111 @@ def measure(args) -> dict:
     schedule = NoiseSchedule()
     shape = (args.channels, args.res, args.res)
 
-    # sampling
+    # sampling: bf16 (the default on GPUs) against fp32 (TF32 matmuls) on the same noise
     unet.eval()
     bs = args.sample_batch
     noise = make_noise(range(bs), shape, device=device)
 
-    def run_sampler():
-        return sample(unet, schedule, noise, cond, uncond, steps=args.steps, guidance_scale=7.5, precision="bf16")
+    def sampler_run(net, precision):
+        return lambda: sample(net, schedule, noise, cond, uncond, steps=args.steps, guidance_scale=7.5,
+                              precision=precision)
     x = torch.randn(2 * bs, *shape, device=device)
     ctx = torch.cat([uncond.context, cond.context]).repeat_interleave(bs, 0)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
         step_flops = count_flops(lambda: unet(x, torch.tensor([500], device=device), ctx))
-    reset_peak(device)
-    t = timed(run_sampler, device, args.repeats)
-    result["sample"] = {"batch": bs, "steps": args.steps, "seconds": t, "images_per_s": bs / t,
-                        "gflops": step_flops * args.steps / t / 1e9, "peak_mb": peak_mb(device)}
-    result["sample"]["fraction_of_bf16_peak"] = result["sample"]["gflops"] / peak
+    parts = set(args.parts.split(","))
+    result["sample"] = {"batch": bs, "steps": args.steps}
+    for precision in ("bf16", "fp32") if "sample" in parts else ():
+        t = timed(sampler_run(unet, precision), device, args.repeats)
+        result["sample"][precision] = {"seconds": t, "images_per_s": bs / t, "gflops": step_flops * args.steps / t / 1e9,
+                                       "peak_mb": peak_mb(device)}
+        save(result)
+    if "sample" in parts:
+        result["sample"].update(result["sample"]["bf16"])
+        result["sample"]["fraction_of_bf16_peak"] = result["sample"]["gflops"] / peak
 
     # training
     unet.train()
     bt = args.train_batch
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, fused=True)
     xt = torch.randn(bt, *shape, device=device)
     tt = torch.randint(0, 1000, (bt,), device=device)
     ctx_t = torch.randn(bt, 77, args.context_dim, device=device)
     target = torch.randn(bt, *shape, device=device)
 
-    def fwd_bwd():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            pred = unet(xt, tt, ctx_t)
-        loss = F.mse_loss(pred.float(), target)
-        loss.backward()
-        return loss
+    def trainer(net, x_in):
+        opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, fused=device.type == "cuda")
 
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        fwd_bwd()
-        opt.step()
+        def fwd_bwd():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                pred = net(x_in, tt, ctx_t)
+            loss = F.mse_loss(pred.float(), target)
+            loss.backward()
+            return loss
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            fwd_bwd()
+            opt.step()
+        return fwd_bwd, step
+    fwd_bwd, train_step = trainer(unet, xt)
     train_flops = count_flops(fwd_bwd)
-    reset_peak(device)
     t = timed(train_step, device, args.repeats, warmup=2)
     result["train"] = {"batch": bt, "seconds_per_step": t, "images_per_s": bt / t,
                        "gflops": train_flops / t / 1e9, "peak_mb": peak_mb(device)}
     result["train"]["fraction_of_bf16_peak"] = result["train"]["gflops"] / peak
+    save(result)
+
+    # levers the CPU could not use: channels_last and torch.compile (a CPU probe found compile gave nothing)
+    variants = result["train_variants"] = {}
+    if "channels_last" in parts:
+        unet.to(memory_format=torch.channels_last)
+        t = timed(trainer(unet, xt.contiguous(memory_format=torch.channels_last))[1], device, args.repeats, warmup=2)
+        variants["channels_last"] = {"images_per_s": bt / t, "vs_eager": result["train"]["seconds_per_step"] / t}
+        unet.to(memory_format=torch.contiguous_format)
+        save(result)
+    if "compile_train" in parts:
+        t0 = time.perf_counter()
+        _, compiled_step = trainer(torch.compile(unet), xt)
+        compiled_step()
+        sync(device)
+        compile_s = time.perf_counter() - t0
+        t = timed(compiled_step, device, args.repeats, warmup=1)
+        variants["compile"] = {"images_per_s": bt / t, "vs_eager": result["train"]["seconds_per_step"] / t,
+                               "compile_seconds": compile_s}
+        save(result)
+    if "compile_sample" in parts and "sample" in parts:
+        unet.eval()
+        t0 = time.perf_counter()
+        run = sampler_run(torch.compile(unet), "bf16")
+        run()
+        sync(device)
+        compile_s = time.perf_counter() - t0
+        t = timed(run, device, args.repeats, warmup=2)  # the second call recompiles once for inference mode
+        result["sample"]["compile"] = {"images_per_s": bs / t, "vs_eager": result["sample"]["seconds"] / t,
+                                       "compile_seconds": compile_s}
+        save(result)
     return result
 
 
 def table(r: dict) -> str:
     s, t = r["sample"], r["train"]
     lines = [f"{r['device']}, torch {r['torch']}, preset {r['preset']} ({r['params_m']:.0f}M params), "
-             f"latents {'x'.join(map(str, r['latent']))}, bf16; matmul peak {r['bf16_mm_peak_gflops']:.0f} GFLOP/s",
+             f"latents {'x'.join(map(str, r['latent']))}; bf16 matmul peak {r['bf16_mm_peak_gflops']:.0f} GFLOP/s",
              "", "| work | batch | images / s | GFLOP/s | % of bf16 mm peak | peak memory MB |", "|---|---|---|---|---|---|",
-             f"| sampling, DDIM {s['steps']} steps, CFG | {s['batch']} | {s['images_per_s']:.3g} | {s['gflops']:.0f} | "
+             f"| sampling, DDIM {s['steps']} steps, CFG, bf16 | {s['batch']} | {s['images_per_s']:.3g} | {s['gflops']:.0f} | "
              f"{100 * s['fraction_of_bf16_peak']:.1f} | {s['peak_mb']:.0f} |",
-             f"| training step, fused AdamW | {t['batch']} | {t['images_per_s']:.3g} | {t['gflops']:.0f} | "
-             f"{100 * t['fraction_of_bf16_peak']:.1f} | {t['peak_mb']:.0f} |"]
+             f"| sampling, same, fp32 (TF32) | {s['batch']} | {s['fp32']['images_per_s']:.3g} | {s['fp32']['gflops']:.0f} | "
+             f"{100 * s['fp32']['gflops'] / r['bf16_mm_peak_gflops']:.1f} | {s['fp32']['peak_mb']:.0f} |",
+             f"| training step, bf16 autocast, fused AdamW | {t['batch']} | {t['images_per_s']:.3g} | {t['gflops']:.0f} | "
+             f"{100 * t['fraction_of_bf16_peak']:.1f} | {t['peak_mb']:.0f} |",
+             "", "| variant | images / s | vs eager | compile s |", "|---|---|---|---|",
+             f"| sampling bf16 vs fp32 | {s['images_per_s']:.3g} | {s['fp32']['seconds'] / s['seconds']:.2f}x | |"]
+    for name, v in r.get("train_variants", {}).items():
+        lines.append(f"| training, {name} | {v['images_per_s']:.3g} | {v['vs_eager']:.2f}x | "
+                     f"{v.get('compile_seconds', 0):.0f} |")
+    if "compile" in s:
+        c = s["compile"]
+        lines.append(f"| sampling, compile | {c['images_per_s']:.3g} | {c['vs_eager']:.2f}x | {c['compile_seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -176,12 +231,15 @@ def main(argv=None) -> int:
         print("bench.gpu: no CUDA device here, nothing measured. Run it on a GPU machine, or smoke-test the logic "
               "on the CPU with: python -m bench.gpu --device cpu --preset tiny --res 16 --quick")
         return 0
-    r = measure(args)
-    print(table(r))
     path = args.json or (os.path.join(os.environ["OUT"], "gpu.json") if os.environ.get("OUT") else None)
+
+    def save(r):
+        if path:
+            with open(path, "w") as f:
+                json.dump(r, f, indent=2)
+    r = measure(args, save)
+    print(table(r))
     if path:
-        with open(path, "w") as f:
-            json.dump(r, f, indent=2)
         print(f"wrote {path}")
     return 0
 

@@ -33,16 +33,28 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.judges import (DigitsJudge, frechet_distance, judge_shapes, mean_pairwise_distance,  # noqa: E402
-                          pca_features, summarize_judgements)
-from t2i_core.data.builtin import (DIGIT_WORDS, digits_caption, generate_shapes, load_digits_arrays,  # noqa: E402
-                                   make_digits_dataset, make_shapes_dataset)
+from bench.judges import (  # noqa: E402
+    DigitsJudge,
+    frechet_distance,
+    judge_shapes,
+    mean_pairwise_distance,
+    pca_features,
+    summarize_judgements,
+)
+from t2i_core.data.builtin import (  # noqa: E402
+    DIGIT_WORDS,
+    digits_caption,
+    generate_shapes,
+    load_digits_arrays,
+    make_digits_dataset,
+    make_shapes_dataset,
+)
 from t2i_core.pipeline import T2IModel  # noqa: E402
 from t2i_core.text_encoder import tiny_text_encoder  # noqa: E402
 from t2i_core.train import TrainCallbacks, TrainConfig, state_path, train  # noqa: E402
 
 BENCH_DIR = Path(os.environ.get("T2I_BENCH_DIR", REPO / ".cache" / "bench"))
-SCALES = (1.0, 3.0, 7.5)
+SCALES = (1.0, 1.5, 3.0, 7.5)  # 1, 3 and 7.5 asked for; 1.5 is where adherence and FD targets both hold
 SAMPLING_STEPS = 25
 RESOLUTION = 16  # digits are 8x8 at source; shapes are judged reliably at 16 px (100% on real images)
 PCA_COMPONENTS = 32
@@ -111,7 +123,7 @@ def within_prompt_diversity(images: torch.Tensor, keys: list) -> float:
     keys = np.asarray(keys)
     values = [mean_pairwise_distance(images[torch.from_numpy(np.flatnonzero(keys == k))])
               for k in dict.fromkeys(keys.tolist()) if (keys == k).sum() >= 2]
-    return float(np.mean(values))
+    return float(np.mean(values)) if values else float("nan")  # nan: no prompt has two images
 
 
 def real_reference_fd(pca, train_images: torch.Tensor, heldout: torch.Tensor, n: int, repeats: int = 5) -> float:
@@ -174,10 +186,12 @@ def bench_digits(*, minutes: float | None, steps: int | None, n: int, root: Path
         "",
         f"DigitsJudge reads {figures['judge_heldout']:.1%} of the real held-out digits correctly. "
         f"{n} images per scale ({n // 10} per digit), seeds 0..{n - 1}, DDIM {SAMPLING_STEPS} steps, eta 0, fp32. "
-        f"Real held-out digits: diversity {real_div:.3f}; real-vs-real FD {real_fd:.2f} ({min(n, len(real_train))} train "
-        f"vs {len(heldout)} held out).",
+        f"Real held-out digits: diversity {real_div:.3f}; real-vs-real FD {real_fd:.2f} (mean over 5 draws of "
+        f"{min(n, len(real_train))} real train images vs the {len(heldout)} held out; FD shrinks as n grows, so the "
+        f"reference uses the same n as the generated set).",
         "",
-        "| w | adherence | worst digit | diversity (real {:.3f}) | FD vs held-out (real-vs-real {:.2f}) | ms/image |".format(real_div, real_fd),
+        f"| w | adherence | worst digit | diversity (real {real_div:.3f}) | FD vs held-out (real-vs-real {real_fd:.2f}) "
+        "| ms/image |",
         "|---|---|---|---|---|---|",
         *rows,
     ])

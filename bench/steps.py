@@ -24,11 +24,20 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.judges import DigitsJudge  # noqa: E402
-from bench.quality import (BENCH_DIR, RESOLUTION, digits_checkpoint_path, generate, train_fresh,  # noqa: E402
-                           training_line)
+from bench.judges import DigitsJudge, frechet_distance, pca_features  # noqa: E402
+from bench.quality import (  # noqa: E402
+    BENCH_DIR,
+    PCA_COMPONENTS,
+    RESOLUTION,
+    digits_checkpoint_path,
+    generate,
+    real_reference_fd,
+    train_fresh,
+    training_line,
+    within_prompt_diversity,
+)
 from t2i_core import SAMPLERS, load_checkpoint  # noqa: E402
-from t2i_core.data.builtin import digits_caption, make_digits_dataset  # noqa: E402
+from t2i_core.data.builtin import digits_caption, load_digits_arrays, make_digits_dataset  # noqa: E402
 
 STEP_COUNTS = (5, 10, 20, 50)
 TARGETS = (0.90, 0.95, 0.98, 0.99)
@@ -69,6 +78,13 @@ def run(quick: bool = False, *, checkpoint: Path | None = None, n: int | None = 
     model, described = ensure_model(checkpoint, quick, log)
     model.unet.eval()
     judge = DigitsJudge(RESOLUTION)
+    real_train, _ = load_digits_arrays(RESOLUTION, "train")
+    heldout, heldout_labels = load_digits_arrays(RESOLUTION, "heldout")
+    pca = pca_features(real_train, PCA_COMPONENTS)
+    held_features = pca(heldout)
+    real_fd = real_reference_fd(pca, real_train, heldout, n)
+    real_div = within_prompt_diversity(heldout, heldout_labels.tolist())
+    labels = [i % 10 for i in range(n)]
     prompts = [digits_caption(i % 10) for i in range(n)]
     seeds = list(range(n))
     load_before = os.getloadavg()[0]
@@ -78,11 +94,13 @@ def run(quick: bool = False, *, checkpoint: Path | None = None, n: int | None = 
         for steps in step_counts:
             images, seconds = generate(model, prompts, seeds, guidance, steps=steps, sampler=sampler)
             adherence = judge.adherence(images, prompts)
+            fd = frechet_distance(pca(images), held_features)
+            div = within_prompt_diversity(images, labels)
             alone = single_image_ms(model, steps, sampler, guidance, repeats=1 if quick else 3) / 1000
             results[(sampler, steps)] = (adherence, seconds / n, alone)
             label = "DDIM (eta 0)" if sampler == "ddim" else "DDPM"
-            rows.append(f"| {label} | {steps} | **{adherence:.1%}** | {seconds / n * 1000:.1f} | {alone * 1000:.0f} "
-                        f"| {seconds / n / max(adherence, 1e-9) * 1000:.1f} |")
+            rows.append(f"| {label} | {steps} | **{adherence:.1%}** | {fd:.2f} ({fd / real_fd:.1f}x) | {div:.3f} "
+                        f"| {seconds / n * 1000:.1f} | {alone * 1000:.0f} | {seconds / n / max(adherence, 1e-9) * 1000:.1f} |")
             if log:
                 log(f"  {sampler} {steps} steps: adherence {adherence:.3f}, {seconds / n * 1000:.1f} ms/image")
     load_after = os.getloadavg()[0]
@@ -108,8 +126,9 @@ def run(quick: bool = False, *, checkpoint: Path | None = None, n: int | None = 
         f"DigitsJudge reads {judge.heldout_accuracy():.1%} of real held-out digits. Load average {load_before:.1f} "
         f"before, {load_after:.1f} after, on {os.cpu_count()} CPUs.",
         "",
-        "| sampler | steps | adherence | ms/image (batch 250) | ms for one image alone | ms per judged-correct image |",
-        "|---|---|---|---|---|---|",
+        f"| sampler | steps | adherence | FD (real-vs-real {real_fd:.2f}) | diversity (real {real_div:.3f}) "
+        "| ms/image (batch 250) | ms for one image alone | ms per judged-correct image |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         "Seconds to an image of a given adherence: the cheapest setting that reaches it.",

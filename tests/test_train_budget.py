@@ -1,12 +1,12 @@
 """TrainConfig.max_minutes: a training-time budget that stops cleanly and saves, like a cancel."""
 import pytest
 import torch
+from t2i_test_utils import TEST_TEXT_CONFIG
 
 from t2i_core import TextEncoderSpec, build_text_encoder, load_checkpoint
 from t2i_core import train as train_module
 from t2i_core.data import make_shapes_dataset
 from t2i_core.train import TrainCallbacks, TrainConfig, train
-from t2i_test_utils import TEST_TEXT_CONFIG
 
 
 @pytest.fixture(scope="module")
