@@ -10,9 +10,16 @@ from .devices import autocast, default_device, resolve_precision
 from .pipeline import T2IModel
 from .sampler import SAMPLERS, Conditioning, make_noise, sample
 from .schedule import NoiseSchedule, ScheduleConfig
-from .text_encoder import (TINY_TEXT_CONFIG, FrozenCLIPTextEncoder, TextEncoderError, TextEncoderSpec,
-                           build_text_encoder, load_pretrained_text_encoder, load_text_encoder_file,
-                           tiny_text_encoder)
+from .text_encoder import (
+                           TINY_TEXT_CONFIG,
+                           FrozenCLIPTextEncoder,
+                           TextEncoderError,
+                           TextEncoderSpec,
+                           build_text_encoder,
+                           load_pretrained_text_encoder,
+                           load_text_encoder_file,
+                           tiny_text_encoder,
+)
 from .unet import PRESETS, TextConditionedUNet, UNetConfig, preset_config
 
 __all__ = [

@@ -20,7 +20,13 @@ import torch
 from .codecs import codec_from_spec
 from .pipeline import T2IModel
 from .schedule import NoiseSchedule, ScheduleConfig
-from .text_encoder import TextEncoderError, TextEncoderSpec, build_text_encoder, load_pretrained_text_encoder, load_tower_weights
+from .text_encoder import (
+    TextEncoderError,
+    TextEncoderSpec,
+    build_text_encoder,
+    load_pretrained_text_encoder,
+    load_tower_weights,
+)
 from .unet import TextConditionedUNet, UNetConfig
 
 FORMAT = "t2i-mini"
@@ -80,7 +86,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open, not a dict)
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
     if raw.get("format") != FORMAT:

@@ -107,6 +107,7 @@ def load_vae(path: str | Path) -> VAECodec:
         config_file = path.with_suffix(".json")
         if config_file.is_file():  # a diffusers state dict saved beside its config (what this pack writes)
             import json
+
             from safetensors.torch import load_file
             codec = vae_from_config(json.loads(config_file.read_text()))
             codec.vae.load_state_dict(load_file(str(path)))

@@ -1,8 +1,8 @@
 """A text-to-image model: U-Net, noise schedule, text encoder and codec, and the one call that uses them."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -25,7 +25,7 @@ class T2IModel:
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
-    def to(self, device) -> "T2IModel":
+    def to(self, device) -> T2IModel:
         for m in (self.unet, self.text_encoder, self.codec):
             m.to(device)
         return self
@@ -44,7 +44,8 @@ class T2IModel:
 
     def generate(self, prompts: str | Sequence[str], *, seeds: Sequence[int] | int = 0, height: int = 32,
                  width: int = 32, negative_prompt: str | None = None, steps: int = 25, guidance_scale: float = 3.0,
-                 sampler: str = "ddim", eta: float = 0.0, guidance_rescale: float = 0.0, precision: str = "fp32",
+                 sampler: str = "ddim", eta: float = 0.0, guidance_rescale: float = 0.0,
+                 guidance_interval: tuple[float, float] = (0.0, 1.0), precision: str = "fp32",
                  callback: StepCallback | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in 0..1, one per prompt (a single prompt is repeated for every seed)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -57,6 +58,7 @@ class T2IModel:
         uncond = self.encode_prompts([negative_prompt]) if negative_prompt else self.text_encoder.empty()
         noise = make_noise(seeds, self.latent_shape(height, width), device=self.device)
         z = sample(self.unet, self.schedule, noise, cond, uncond, steps=steps, guidance_scale=guidance_scale,
-                   sampler=sampler, eta=eta, guidance_rescale=guidance_rescale, precision=precision, callback=callback)
+                   sampler=sampler, eta=eta, guidance_rescale=guidance_rescale, guidance_interval=guidance_interval,
+                   precision=precision, callback=callback)
         with torch.inference_mode():
             return self.codec.decode(z)

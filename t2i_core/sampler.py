@@ -5,6 +5,11 @@
 The conditional and unconditional predictions come from ONE forward pass over the batch
 [uncond, cond]; at w == 1 the formula reduces to eps(cond), so the uncond half is not computed.
 The text's cross-attention keys/values are the same at every step and are projected once.
+
+Guidance can be limited to an interval of the sampling run (Kynkaanniemi et al. 2024, "Applying guidance in a
+limited interval improves sample and distribution quality"): at high noise levels guidance mostly pulls every
+sample towards the same typical image, so skipping it there keeps the variety of the samples and their
+adherence, and those steps cost half as much. Outside the interval the step uses eps(cond) alone.
 """
 from __future__ import annotations
 
@@ -91,6 +96,7 @@ def sample(
     eta: float = 0.0,
     guidance_rescale: float = 0.0,
     step_seeds: Sequence[int] | None = None,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
     precision: str = "fp32",
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
@@ -98,9 +104,14 @@ def sample(
 
     `uncond` is the empty prompt's conditioning or a negative prompt's. `callback(step, total, x0_estimate)`
     runs after every step; raising from it (for example on a user's cancel) stops sampling there.
+    `guidance_interval` (start, end): guide only the steps whose progress 1 - t/T (0 = pure noise, 1 = clean,
+    as ComfyUI's start/end percents) lies within it; the default guides every step.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    start, end = guidance_interval
+    if not 0.0 <= start <= end <= 1.0:
+        raise ValueError(f"guidance_interval must be (start, end) with 0 <= start <= end <= 1, got {guidance_interval}")
     device = noise.device
     batch = noise.shape[0]
     use_cfg = guidance_scale != 1.0
@@ -121,11 +132,14 @@ def sample(
 
     x = noise.float()
     pairs = schedule.step_pairs(steps, sampler)
+    total_t = schedule.cfg.num_train_timesteps
+    guided = [use_cfg and start <= 1 - t / total_t <= end for t, _ in pairs]
+    cond_only = prepared.select(slice(batch, 2 * batch)) if use_cfg and not all(guided) else prepared
     for i, (t, t_prev) in enumerate(pairs):
         with autocast(device, precision):
             # with CFG the prepared context is [uncond; cond]: the U-Net shares x between the two halves
-            out = unet(x.to(dtype), torch.tensor([t], device=device), prepared).float()
-        if use_cfg:
+            out = unet(x.to(dtype), torch.tensor([t], device=device), prepared if guided[i] else cond_only).float()
+        if guided[i]:
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
             if guidance_rescale > 0:

@@ -43,7 +43,7 @@ class ScheduleConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ScheduleConfig":
+    def from_dict(cls, d: dict) -> ScheduleConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown schedule config keys {sorted(unknown)}")

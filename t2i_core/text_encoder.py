@@ -49,7 +49,7 @@ class TextEncoderSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TextEncoderSpec":
+    def from_dict(cls, d: dict) -> TextEncoderSpec:
         return cls(**d)
 
     def architecture(self) -> tuple[int, dict, bool]:

@@ -23,9 +23,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +100,7 @@ class TrainConfig:
             raise ValueError(f"output must be a .safetensors path, got {self.output!r}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
 
     # What must match for a run to be resumed (changing steps, lr or validation settings is fine).
@@ -468,7 +468,7 @@ def read_train_state(path: Path):
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open, not a dict)
     except Exception as e:
         raise TrainingError(f"{path} is not a readable training state (corrupt?): {e}; "
                             "choose another checkpoint name") from e
@@ -513,6 +513,7 @@ def loss_curve_image(history: list[dict], width: int = 512, height: int = 256) -
 def main(argv=None):
     """python -m t2i_core.train --dataset DIR --output model.safetensors [--steps N ...]"""
     import argparse
+
     from .text_encoder import tiny_text_encoder
     p = argparse.ArgumentParser(description="Train a Text-to-Image Mini model from a folder of captioned images.")
     for f in fields(TrainConfig):

@@ -15,7 +15,6 @@ if str(TESTS_DIR) not in sys.path:  # for the shared helpers in t2i_test_utils.p
     sys.path.insert(0, str(TESTS_DIR))
 
 import pytest  # noqa: E402
-
 from t2i_test_utils import make_test_model  # noqa: E402
 
 

@@ -8,8 +8,16 @@ TEST_TEXT_CONFIG = dict(context_length=77, vocab_size=49408, width=32, heads=2, 
 
 
 def make_test_model(channel_mult=(1, 2), seed: int = 0, prediction_type: str = "epsilon"):
-    from t2i_core import (NoiseSchedule, PixelCodec, ScheduleConfig, T2IModel, TextConditionedUNet,
-                          TextEncoderSpec, UNetConfig, build_text_encoder)
+    from t2i_core import (
+        NoiseSchedule,
+        PixelCodec,
+        ScheduleConfig,
+        T2IModel,
+        TextConditionedUNet,
+        TextEncoderSpec,
+        UNetConfig,
+        build_text_encoder,
+    )
     text_encoder = build_text_encoder(TextEncoderSpec(text_config=TEST_TEXT_CONFIG, seed=seed))
     torch.manual_seed(seed)
     unet = TextConditionedUNet(UNetConfig(base_channels=16, channel_mult=channel_mult, num_res_blocks=1,

@@ -1,5 +1,6 @@
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,8 +49,9 @@ def test_ema_weights_are_used_by_default(test_model, tmp_path):
 
 
 def test_vae_codec_travels_inside_the_checkpoint(test_model, tmp_path):
-    from test_codecs import TINY_VAE
     from t2i_test_utils import randomize_zero_layers
+    from test_codecs import TINY_VAE
+
     from t2i_core import TextConditionedUNet, UNetConfig
     torch.manual_seed(1)
     unet = randomize_zero_layers(TextConditionedUNet(UNetConfig(in_channels=4, out_channels=4, base_channels=16,
@@ -69,7 +71,7 @@ def test_failed_write_leaves_the_old_checkpoint_intact(test_model, tmp_path, mon
     before = path.read_bytes()
 
     def crash(tensors, filename, metadata=None):
-        open(filename, "wb").write(b"half")
+        Path(filename).write_bytes(b"half")
         raise OSError("disk full")
     monkeypatch.setattr("safetensors.torch.save_file", crash)
     with pytest.raises(OSError, match="disk full"):

@@ -5,11 +5,11 @@ TF32 is switched off so fp32 comparisons against the CPU hold to float tolerance
 """
 import pytest
 import torch
+from t2i_test_utils import TEST_TEXT_CONFIG, make_test_model
 
 from t2i_core import load_checkpoint, make_noise, resolve_precision, sample
 from t2i_core.data import make_shapes_dataset
 from t2i_core.train import TrainConfig, train
-from t2i_test_utils import TEST_TEXT_CONFIG, make_test_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -81,8 +81,9 @@ def test_training_on_cuda_saves_a_checkpoint_the_cpu_loads(tmp_path):
 
 
 def test_vae_codec_on_cuda_matches_cpu():
-    from t2i_core.codecs import vae_from_config
     from test_codecs import TINY_VAE
+
+    from t2i_core.codecs import vae_from_config
     codec = vae_from_config(TINY_VAE)
     image = torch.rand(2, 3, 32, 32)
     with torch.inference_mode():

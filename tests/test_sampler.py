@@ -120,3 +120,34 @@ def test_bf16_autocast_runs_on_cpu_and_stays_close(test_model):
     b = run(test_model, ["a"], [0], steps=3, precision="bf16")
     # a random model amplifies its inputs, so compare relative to the output scale
     assert (a - b).abs().max() < 0.05 * a.abs().max() and not torch.equal(a, b)
+
+
+def test_guidance_interval_guides_only_the_steps_inside_it(test_model):
+    m = test_model
+    cond, uncond = m.encode_prompts(["a small blue square"] * 2), m.text_encoder.empty()
+    noise = make_noise([0, 1], (3, 16, 16))
+    steps, w, interval = 6, 4.0, (0.4, 1.0)
+    # the rule written out: CFG's formula while progress 1 - t/T is in the interval, eps(cond) before it
+    x = noise.clone()
+    with torch.inference_mode():
+        for t, t_prev in m.schedule.step_pairs(steps, "ddim"):
+            tt = torch.tensor([t])
+            e_c = m.unet(x, tt, cond.context, cond.key_mask)
+            if interval[0] <= 1 - t / m.schedule.cfg.num_train_timesteps <= interval[1]:
+                e_u = m.unet(x, tt, uncond.context.expand(2, -1, -1), uncond.key_mask)
+                e_c = e_u + w * (e_c - e_u)
+            x, _ = m.schedule.ddim_step(e_c, x, t, t_prev)
+
+    widths = []
+    hook = m.unet.conv_out.register_forward_hook(lambda mod, inp, out: widths.append(out.shape[0]))
+    try:
+        limited = sample(m.unet, m.schedule, noise, cond, uncond, steps=steps, guidance_scale=w,
+                         guidance_interval=interval)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(limited, x, atol=1e-5, rtol=1e-5)
+    assert widths == [2, 2, 2, 4, 4, 4]  # the unguided steps skip the unconditional half
+    full = sample(m.unet, m.schedule, noise, cond, uncond, steps=steps, guidance_scale=w)
+    assert not torch.allclose(limited, full, atol=1e-3)
+    with pytest.raises(ValueError, match="guidance_interval"):
+        sample(m.unet, m.schedule, noise, cond, uncond, steps=steps, guidance_interval=(0.6, 0.2))

@@ -5,10 +5,15 @@ import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from t2i_test_utils import TEST_TEXT_CONFIG
-from t2i_core.text_encoder import (TextEncoderError, TextEncoderSpec, build_text_encoder,
-                                   load_pretrained_text_encoder, load_text_encoder_file)
+
+from t2i_core.text_encoder import (
+    TextEncoderError,
+    TextEncoderSpec,
+    build_text_encoder,
+    load_pretrained_text_encoder,
+    load_text_encoder_file,
+)
 
 TINY_NAMED = "T2I-Test-Tiny"
 

@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-
 from t2i_test_utils import randomize_zero_layers
+
 from t2i_core.unet import CrossAttention, TextConditionedUNet, UNetConfig, group_norm, preset_config
 
 

@@ -208,10 +208,10 @@ def test_training_reports_progress_and_validation_previews(comfy):
 def test_sampler_reports_progress_with_step_previews(comfy, trained):
     import asyncio
     ckpt, _ = trained
-    progress, previews, status = asyncio.run(watch(comfy, generate_prompt(ckpt, seed=11, steps=4)))
+    progress, previews, status = asyncio.run(watch(comfy, generate_prompt(ckpt, seed=11, steps=20)))
     assert status == "execution_success"
-    assert [(p["value"], p["max"]) for p in progress if p["node"] == "5"] == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert len(previews) == 4
+    assert [(p["value"], p["max"]) for p in progress if p["node"] == "5"] == [(i, 20) for i in range(1, 21)]
+    assert len(previews) == 10  # every second step (PREVIEWS_PER_RUN = 8 of 20 steps, rounded): not one per step
 
 
 def test_sampler_cancels_within_a_step(comfy, trained):
