@@ -30,7 +30,6 @@ import time
 import uuid
 from pathlib import Path
 
-import aiohttp  # a ComfyUI dependency, in the same environment
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -93,9 +92,11 @@ class WebsocketClient:
             self.session.ws_connect(f"{server.url.replace('http', 'ws')}/ws?clientId={self.client_id}"))
 
     async def _session(self):
+        import aiohttp  # a ComfyUI dependency: present wherever ComfyUI is set up
         return aiohttp.ClientSession()
 
     async def _run(self, prompt: dict) -> str:
+        from aiohttp import WSMsgType
         async with self.session.post(f"{self.server.url}/prompt",
                                      json={"prompt": prompt, "client_id": self.client_id}) as r:
             if r.status != 200:
@@ -103,7 +104,7 @@ class WebsocketClient:
             prompt_id = (await r.json())["prompt_id"]
         while True:
             msg = await asyncio.wait_for(self.ws.receive(), 300)
-            if msg.type != aiohttp.WSMsgType.TEXT:
+            if msg.type != WSMsgType.TEXT:
                 continue  # previews
             event = json.loads(msg.data)
             if event.get("data", {}).get("prompt_id") != prompt_id:

@@ -3,10 +3,13 @@ them, and every API twin run end to end with tiny settings (few steps, small siz
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -138,11 +141,13 @@ async def frontend_prompts(url: str, workflows: dict[str, str], timeout: float =
     import aiohttp  # a ComfyUI dependency
 
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="t2i-chromium-") as profile:
+    # Chromium's helper processes can still write to the profile after the browser exits: end the whole
+    # process group, and let a late cache write not fail the cleanup.
+    with tempfile.TemporaryDirectory(prefix="t2i-chromium-", ignore_cleanup_errors=True) as profile:
         browser = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -184,7 +189,8 @@ async def frontend_prompts(url: str, workflows: dict[str, str], timeout: float =
                                      for k, v in json.loads(output).items()}
                 return prompts
         finally:
-            browser.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(browser.pid, signal.SIGTERM)
             browser.wait(10)
 
 
