@@ -77,6 +77,9 @@ class Train(io.ComfyNode):
                              tooltip="Save a resumable checkpoint every N steps (0: only at the end and on cancel)."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
                                tooltip="auto: bf16 autocast where the device runs it natively, else fp32."),
+                io.Boolean.Input("compile", default=False, optional=True,
+                                 tooltip="torch.compile the U-Net for training: on a GPU about 1.3x faster steps after "
+                                         "a few minutes of compiling, so for long runs; on CPUs usually slower."),
                 io.String.Input("dataset_path", optional=True, force_input=True,
                                 tooltip="A dataset folder path (absolute, or relative to ComfyUI's input folder), "
                                         "e.g. from Make Dataset; overrides the dataset dropdown."),
@@ -113,7 +116,7 @@ class Train(io.ComfyNode):
     @classmethod
     def execute(cls, dataset, text_encoder, codec, preset, steps, max_minutes, batch_size, learning_rate,
                 cfg_dropout, resolution, seed, checkpoint_name, resume, validation_prompts, validation_every,
-                checkpoint_every, precision, dataset_path=None) -> io.NodeOutput:
+                checkpoint_every, precision, compile=False, dataset_path=None) -> io.NodeOutput:
         folder = paths.dataset_folder(dataset, dataset_path)
         output = paths.checkpoint_output_path(checkpoint_name)
         config = TrainConfig(
@@ -121,7 +124,8 @@ class Train(io.ComfyNode):
             max_minutes=max_minutes, batch_size=batch_size, lr=learning_rate, cfg_dropout=cfg_dropout, seed=seed,
             resume=resume,
             validation_prompts=[p.strip() for p in validation_prompts.splitlines() if p.strip()],
-            validation_every=validation_every, checkpoint_every=checkpoint_every, precision=precision)
+            validation_every=validation_every, checkpoint_every=checkpoint_every, precision=precision,
+            compile=compile)
 
         mm.unload_all_models()
         mm.soft_empty_cache()

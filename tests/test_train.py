@@ -183,3 +183,23 @@ def test_bad_config_is_rejected(shapes, tmp_path):
         config(shapes, tmp_path, preset="giant")
     with pytest.raises(ValueError, match="cfg_dropout"):
         config(shapes, tmp_path, cfg_dropout=1.5)
+
+
+def test_compiled_training_matches_the_plain_path(shapes, encoder, tmp_path, monkeypatch):
+    """compile=True changes how the U-Net runs, not what it computes or what is saved. (The test compiles with
+    the aot_eager backend, which traces forward and backward as inductor does but needs no C++ compiler.)"""
+    compile_, compiled_modules = torch.compile, []
+
+    def compile_for_test(module, **kw):
+        compiled_modules.append(module)
+        return compile_(module, backend="aot_eager")
+    monkeypatch.setattr(torch, "compile", compile_for_test)
+    plain = train(config(shapes, tmp_path / "a", steps=4), encoder, device="cpu")
+    assert compiled_modules == []
+    compiled = train(config(shapes, tmp_path / "b", steps=4, compile=True), encoder, device="cpu")
+    assert len(compiled_modules) == 1
+    torch.testing.assert_close([h["loss"] for h in compiled.history], [h["loss"] for h in plain.history],
+                               rtol=1e-4, atol=1e-6)
+    saved = load_checkpoint(compiled.checkpoint)  # keys as the plain model's: no "_orig_mod." prefix
+    for (name, x), (_, y) in zip(plain.model.unet.state_dict().items(), saved.unet.state_dict().items()):
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5, msg=name)
