@@ -16,6 +16,7 @@ when $OUT is set). Without CUDA and without --device cpu it says so and exits 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -38,8 +39,8 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--mm", type=int, default=None, help="matmul size for the peak (default 8192 on CUDA, 1024 on CPU)")
     p.add_argument("--quick", action="store_true", help="2 steps, 2 repeats, small matmul: a smoke test")
-    p.add_argument("--parts", default="sample,train,channels_last",
-                   help="comma-separated: sample, train, channels_last, compile_train, compile_sample")
+    p.add_argument("--parts", default="sdpa,sample,train,channels_last",
+                   help="comma-separated: sdpa (CUDA only), sample, train, channels_last, compile_train, compile_sample")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -80,6 +81,28 @@ def peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def sdpa_kernel_memory(device, shape=(16, 8, 4096, 40)) -> dict:
+    """Extra memory (MB) of one self-attention over `shape` (batch, heads, tokens, head dim: the `sd` preset's
+    level 0 at 64x64 latents, CFG batch 16) per SDPA kernel and dtype; None where the kernel refuses."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        q = torch.randn(*shape, device=device, dtype=dtype)
+        for backend in (None, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+            sync(device)
+            reset_peak(device)
+            base = torch.cuda.memory_allocated()
+            try:
+                with sdpa_kernel([backend]) if backend else contextlib.nullcontext():
+                    F.scaled_dot_product_attention(q, q, q)
+                sync(device)
+                extra = (torch.cuda.max_memory_allocated() - base) / 2**20
+            except RuntimeError:
+                extra = None
+            out[f"{str(dtype).split('.')[-1]} {backend.name if backend else 'default'}"] = extra
+    return out
+
+
 def measure(args, save=lambda r: None) -> dict:
     """Fills and returns the result dict; `save(result)` runs after each part, so a run cut short keeps what it got."""
     from t2i_core.sampler import Conditioning, make_noise, sample
@@ -98,6 +121,11 @@ def measure(args, save=lambda r: None) -> dict:
         torch.backends.cudnn.benchmark = True
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "preset": args.preset, "latent": [args.channels, args.res, args.res]}
+
+    parts = set(args.parts.split(","))
+    if "sdpa" in parts and device.type == "cuda":
+        result["sdpa_extra_mb"] = sdpa_kernel_memory(device)
+        save(result)
 
     n = args.mm or (8192 if device.type == "cuda" else 1024)
     peak = matmul_peak(torch.bfloat16, n=n, repeats=max(3, args.repeats), device=device)
@@ -126,7 +154,6 @@ def measure(args, save=lambda r: None) -> dict:
     ctx = torch.cat([uncond.context, cond.context]).repeat_interleave(bs, 0)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
         step_flops = count_flops(lambda: unet(x, torch.tensor([500], device=device), ctx))
-    parts = set(args.parts.split(","))
     result["sample"] = {"batch": bs, "steps": args.steps}
     for precision in ("bf16", "fp32") if "sample" in parts else ():
         t = timed(sampler_run(unet, precision), device, args.repeats)
@@ -219,6 +246,9 @@ def table(r: dict) -> str:
     if "compile" in s:
         c = s["compile"]
         lines.append(f"| sampling, compile | {c['images_per_s']:.3g} | {c['vs_eager']:.2f}x | {c['compile_seconds']:.0f} |")
+    if r.get("sdpa_extra_mb"):
+        lines += ["", "| SDPA kernel, self-attention (16, 8, 4096, 40) | extra memory MB |", "|---|---|"]
+        lines += [f"| {k} | {'refused' if v is None else f'{v:.0f}'} |" for k, v in r["sdpa_extra_mb"].items()]
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ wall-clock on whatever machine runs it: the load average is printed with it, sin
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -161,10 +162,12 @@ def training_line(name: str, trained: Trained) -> str:
 # digits
 
 def bench_digits(*, minutes: float | None, steps: int | None, n: int, root: Path, log=None,
-                 trained: Trained | None = None) -> tuple[str, dict]:
+                 trained: Trained | None = None, overrides: dict | None = None,
+                 guidance_starts: tuple[float, ...] = ()) -> tuple[str, dict]:
     train_dir = make_digits_dataset(root / "data" / f"digits{RESOLUTION}", RESOLUTION, "train")
     if trained is None:
-        trained = train_fresh(train_dir, digits_checkpoint_path(root), minutes=minutes, steps=steps, log=log)
+        trained = train_fresh(train_dir, digits_checkpoint_path(root), minutes=minutes, steps=steps, log=log,
+                              **(overrides or {}))
     judge = DigitsJudge(RESOLUTION)
     real_train, _ = load_digits_arrays(RESOLUTION, "train")
     heldout, heldout_labels = load_digits_arrays(RESOLUTION, "heldout")
@@ -205,15 +208,29 @@ def bench_digits(*, minutes: float | None, steps: int | None, n: int, root: Path
         "|---|---|---|---|---|---|",
         *rows,
     ])
+    if guidance_starts:
+        sweep = []
+        for w in (3.0, 7.5):
+            for start in guidance_starts:
+                images, seconds = generate(trained.model, prompts, seeds, w, interval=(start, 1.0))
+                fd = frechet_distance(pca(images), pca(heldout))
+                sweep.append(f"| {w:g} | {start:g} | {judge.adherence(images, prompts):.1%} | {fd:.2f} "
+                             f"({fd / real_fd:.2f}x) | {within_prompt_diversity(images, labels):.3f} "
+                             f"| {seconds / n * 1000:.0f} |")
+        text += "\n".join(["", "", "Where guidance starts (`guidance_interval=(start, 1)`), same model, prompts and seeds:",
+                           "", "| w | guidance from | adherence | FD (x real-vs-real) | diversity | ms/image |",
+                           "|---|---|---|---|---|---|", *sweep])
     return text, figures
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # shapes
 
-def bench_shapes(*, minutes: float | None, steps: int | None, n: int, root: Path, log=None) -> tuple[str, dict]:
+def bench_shapes(*, minutes: float | None, steps: int | None, n: int, root: Path, log=None,
+                 overrides: dict | None = None) -> tuple[str, dict]:
     train_dir = make_shapes_dataset(root / "data" / f"shapes{RESOLUTION}", SHAPES_TRAIN_COUNT, RESOLUTION, seed=0)
-    trained = train_fresh(train_dir, root / "shapes" / "shapes.safetensors", minutes=minutes, steps=steps, log=log)
+    trained = train_fresh(train_dir, root / "shapes" / "shapes.safetensors", minutes=minutes, steps=steps, log=log,
+                          **(overrides or {}))
     to_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255  # noqa: E731
     real_train = to_tensor(generate_shapes(SHAPES_TRAIN_COUNT, RESOLUTION, seed=0)[0])
     held_images, held_captions, _ = generate_shapes(720, RESOLUTION, seed=SHAPES_HELDOUT_SEED)
@@ -255,18 +272,26 @@ def bench_shapes(*, minutes: float | None, steps: int | None, n: int, root: Path
 # ---------------------------------------------------------------------------------------------------------------
 
 def run(quick: bool = False, *, minutes: float | None = None, steps: int | None = None, n: int | None = None,
-        datasets: tuple[str, ...] = ("digits", "shapes"), root: Path | None = None, log=None) -> str:
-    """The benchmark's markdown. quick: half a minute of training and 100 images per scale (a smoke run)."""
+        datasets: tuple[str, ...] = ("digits", "shapes"), root: Path | None = None, log=None,
+        overrides: dict | None = None, guidance_starts: tuple[float, ...] = ()) -> str:
+    """The benchmark's markdown. quick: half a minute of training and 100 images per scale (a smoke run).
+    overrides: TrainConfig fields to change from the defaults (the models then go to a folder of their own, so
+    the default digits model that bench.steps reads stays). guidance_starts: also sweep where guidance starts."""
     root = Path(root or BENCH_DIR)
+    if overrides:
+        root = root / "variants" / ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
     if minutes is None and steps is None:
         minutes = 0.5 if quick else 3.0
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     parts = [f"## Quality ({'quick, ' if quick else ''}torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')})"]
+             f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')})"
+             + (f"; changed from the defaults: {overrides}" if overrides else "")]
     if "digits" in datasets:
-        parts.append(bench_digits(minutes=minutes, steps=steps, n=n or (100 if quick else 500), root=root, log=log)[0])
+        parts.append(bench_digits(minutes=minutes, steps=steps, n=n or (100 if quick else 500), root=root, log=log,
+                                  overrides=overrides, guidance_starts=guidance_starts)[0])
     if "shapes" in datasets:
-        parts.append(bench_shapes(minutes=minutes, steps=steps, n=n or (72 if quick else 360), root=root, log=log)[0])
+        parts.append(bench_shapes(minutes=minutes, steps=steps, n=n or (72 if quick else 360), root=root, log=log,
+                                  overrides=overrides)[0])
     return "\n\n".join(parts) + "\n"
 
 
@@ -279,11 +304,23 @@ def main(argv=None):
     p.add_argument("--datasets", default="digits,shapes", help="comma-separated: digits, shapes")
     p.add_argument("--root", type=Path, default=None, help=f"work folder (default {BENCH_DIR})")
     p.add_argument("--out", type=Path, help="also write the markdown here")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="train with a TrainConfig field changed, e.g. --set ema_decay=0.995 (repeatable)")
+    p.add_argument("--guidance-starts", default="", metavar="LIST",
+                   help="digits: also sweep where guidance starts at w=3 and 7.5, e.g. 0,0.2,0.3,0.4,0.5,0.6")
     p.add_argument("-q", "--quiet", action="store_true")
     a = p.parse_args(argv)
     log = None if a.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    overrides = {}
+    for item in a.set:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except ValueError:
+            overrides[key] = value
+    starts = tuple(float(x) for x in a.guidance_starts.split(",") if x)
     text = run(a.quick, minutes=a.minutes, steps=a.steps, n=a.n, datasets=tuple(a.datasets.split(",")), root=a.root,
-               log=log)
+               log=log, overrides=overrides, guidance_starts=starts)
     print(text)
     if a.out:
         a.out.write_text(text)
