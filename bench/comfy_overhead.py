@@ -39,7 +39,7 @@ from t2i_core import NoiseSchedule, PixelCodec, T2IModel, save_checkpoint, tiny_
 from .common import Section, Table, build_unet, run_part
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "scripts"))
 from comfy_harness import ComfyServer, comfyui_is_set_up  # noqa: E402
 
 PROMPT, RES, STEPS, GUIDANCE = "a large red circle on the left", 32, 25, 3.0

@@ -101,7 +101,7 @@ def used_types() -> set[str]:
 
 
 def refresh_specs() -> None:
-    sys.path.insert(0, str(ROOT / "tests" / "integration"))
+    sys.path.insert(0, str(ROOT / "scripts"))
     import tempfile
 
     from comfy_harness import ComfyServer

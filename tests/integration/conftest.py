@@ -1,8 +1,8 @@
 """Fixtures for tests that run the pack inside a real ComfyUI server.
 
 Tests get the running server through the session-scoped ``comfy`` fixture
-(a comfy_harness.ComfyServer); helpers are importable as
-``from comfy_harness import ...`` because this folder is put on sys.path
+(a comfy_harness.ComfyServer from scripts/, which the demo and bench use too); helpers are
+importable as ``from comfy_harness import ...`` because scripts/ and this folder are put on sys.path
 (with --import-mode=importlib, test folders are not added automatically).
 """
 
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+for folder in (HERE, HERE.parents[1] / "scripts"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 from comfy_harness import COMFYUI_DIR, ComfyServer, comfyui_is_set_up  # noqa: E402
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "t2i_mini"
 # T2I_COMFYUI_DIR lets a developer point the tests at another ComfyUI checkout.
 COMFYUI_DIR = Path(os.environ.get("T2I_COMFYUI_DIR", REPO_ROOT / ".cache" / "comfyui"))
