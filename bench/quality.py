@@ -172,6 +172,7 @@ def bench_digits(*, minutes: float | None, steps: int | None, n: int, root: Path
     real_train, _ = load_digits_arrays(RESOLUTION, "train")
     heldout, heldout_labels = load_digits_arrays(RESOLUTION, "heldout")
     pca = pca_features(real_train, PCA_COMPONENTS)
+    held_features = pca(heldout)
     labels = [i % 10 for i in range(n)]
     prompts = [digits_caption(k) for k in labels]
     seeds = list(range(n))
@@ -186,7 +187,7 @@ def bench_digits(*, minutes: float | None, steps: int | None, n: int, root: Path
         per_digit = judge.predict(images) == np.asarray(labels)
         worst = int(np.argmin([per_digit[np.asarray(labels) == d].mean() for d in range(10)]))
         div = within_prompt_diversity(images, labels)
-        fd = frechet_distance(pca(images), pca(heldout))
+        fd = frechet_distance(pca(images), held_features)
         figures[label] = {"adherence": adherence, "diversity": div, "fd": fd, "s_per_image": seconds / n}
         rows.append(f"| {label} | **{adherence:.1%}** | {DIGIT_WORDS[worst]} {per_digit[np.asarray(labels) == worst].mean():.0%} "
                     f"| {div:.3f} | {fd:.2f} ({fd / real_fd:.2f}x) | {seconds / n * 1000:.0f} |")
@@ -213,7 +214,7 @@ def bench_digits(*, minutes: float | None, steps: int | None, n: int, root: Path
         for w in (3.0, 7.5):
             for start in guidance_starts:
                 images, seconds = generate(trained.model, prompts, seeds, w, interval=(start, 1.0))
-                fd = frechet_distance(pca(images), pca(heldout))
+                fd = frechet_distance(pca(images), held_features)
                 sweep.append(f"| {w:g} | {start:g} | {judge.adherence(images, prompts):.1%} | {fd:.2f} "
                              f"({fd / real_fd:.2f}x) | {within_prompt_diversity(images, labels):.3f} "
                              f"| {seconds / n * 1000:.0f} |")
@@ -236,6 +237,7 @@ def bench_shapes(*, minutes: float | None, steps: int | None, n: int, root: Path
     held_images, held_captions, _ = generate_shapes(720, RESOLUTION, seed=SHAPES_HELDOUT_SEED)
     heldout = to_tensor(held_images)
     pca = pca_features(real_train, PCA_COMPONENTS)
+    held_features = pca(heldout)
     _, captions, _ = generate_shapes(max(n, 72), RESOLUTION, seed=SHAPES_HELDOUT_SEED)  # balanced: 72 combinations a cycle
     prompts, seeds = captions[:n], list(range(n))
     real_div = within_prompt_diversity(heldout, held_captions)
@@ -247,7 +249,7 @@ def bench_shapes(*, minutes: float | None, steps: int | None, n: int, root: Path
         images, seconds = generate(trained.model, prompts, seeds, w, interval=interval)
         s = summarize_judgements(judge_shapes(images, prompts))
         div = within_prompt_diversity(images, prompts)
-        fd = frechet_distance(pca(images), pca(heldout))
+        fd = frechet_distance(pca(images), held_features)
         figures[label] = {**s, "diversity": div, "fd": fd, "s_per_image": seconds / n}
         rows.append(f"| {label} | **{s['all']:.1%}** | {s['color']:.0%} | {s['shape']:.0%} | {s['position']:.0%} "
                     f"| {s['size']:.0%} | {div:.3f} | {fd:.2f} ({fd / real_fd:.2f}x) | {seconds / n * 1000:.0f} |")
