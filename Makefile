@@ -15,7 +15,7 @@ help:
 	@echo "make test              unit + integration tests (PYTEST_ARGS='-k foo' to filter)"
 	@echo "make test-unit         unit tests only, no ComfyUI server"
 	@echo "make test-integration  tests against a real ComfyUI server"
-	@echo "make demo              run scripts/demo.py"
+	@echo "make demo              run the demo (python -m scripts.demo)"
 	@echo "make ui                start ComfyUI with this pack on http://$(UI_HOST):$(UI_PORT)"
 	@echo "make bench             run the benchmarks"
 	@echo "make lint              ruff check"
@@ -40,7 +40,7 @@ test-integration: setup
 	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
 
 # The pack is linked, not copied, into a persistent base directory, so edits
 # show up on restart and UI settings survive between runs.

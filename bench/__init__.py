@@ -1,4 +1,4 @@
-"""Benchmarks (python -m bench) and the judges of generated images (bench.judges).
+"""Benchmarks (python -m bench). The judges of generated images they use live in evals/.
 
 Run as an entry point (`python -m bench`, `python -m bench.<part>`), this package is imported before torch,
 and it asks OpenMP to let idle threads sleep (OMP_WAIT_POLICY=PASSIVE) unless the caller chose a policy.

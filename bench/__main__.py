@@ -3,12 +3,12 @@
     python -m bench                  # the full suite (about 10-15 minutes on 2 cores), writes docs/PERFORMANCE.md
     python -m bench --quick          # a short smoke run; prints, writes only with --out
     python -m bench --only sampler,training
-    python -m bench.<part>           # one part alone, printed (hardware, sampler, training, memory, gpu)
+    python -m bench.<part>           # one part alone, printed (hardware, sampler, training, memory, quality, ...)
 
-Each part is a module `bench.<name>` with `run(quick: bool) -> bench.common.Section`. Parts whose module
-does not exist yet (quality, steps, comfy_overhead are written with the trainer, judges and nodes) are
-listed as skipped. The generated text goes between the markers below in docs/PERFORMANCE.md; everything
-outside them is hand-written and kept.
+Each part is a module `bench.<name>` with `run(quick: bool) -> bench.common.Section`; a part that cannot run
+here (bench.gpu without CUDA, bench.comfy_overhead without a ComfyUI set up) is listed as skipped with the
+reason. The generated text goes between the markers below in docs/PERFORMANCE.md; everything outside them is
+hand-written and kept.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -35,8 +36,12 @@ def load_base(base: str, name: str = "t2i_core_base"):
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
         (tmp / "t2i_core").rename(target)
-    sys.path.insert(0, str(tmp))
-    return importlib.import_module(name)
+    # imported from its folder under its own name, so it never shadows the working tree's t2i_core
+    spec = importlib.util.spec_from_file_location(name, target / "__init__.py", submodule_search_locations=[str(target)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv=None):
@@ -58,8 +63,9 @@ def main(argv=None):
     only = set(args.only.split(","))
     base = load_base(args.base)
     importlib.import_module(base.__name__ + ".unet")
+    from t2i_core.conditioning import concat_conditionings
     from t2i_core.devices import bf16_supported
-    from t2i_core.sampler import concat_conditionings, make_noise, sample
+    from t2i_core.sampler import make_noise, sample
     from t2i_core.schedule import NoiseSchedule
 
     new = build_unet(args.preset)
@@ -82,7 +88,8 @@ def main(argv=None):
         print(table.rows[-1], flush=True)
 
     if "forward" in only:
-        ctx, mask = concat_conditionings(uncond, cond)
+        both = concat_conditionings(uncond, cond)
+        ctx, mask = both.context, both.key_mask
         x = torch.randn(2, new.cfg.in_channels, res, res)
         for precision in precisions:
             fns, outs = {}, {}

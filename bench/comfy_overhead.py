@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -34,13 +33,12 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from scripts.comfy_harness import ComfyServer, comfyui_is_set_up
 from t2i_core import NoiseSchedule, PixelCodec, T2IModel, save_checkpoint, tiny_text_encoder
 
 from .common import Section, Table, build_unet, run_part
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-from comfy_harness import ComfyServer, comfyui_is_set_up  # noqa: E402
 
 PROMPT, RES, STEPS, GUIDANCE = "a large red circle on the left", 32, 25, 3.0
 CHECKPOINT = "bench_overhead.safetensors"

@@ -129,18 +129,8 @@ def matmul_peak(dtype=torch.float32, n: int | None = None, repeats: int = 5, dev
 
 # ---------------------------------------------------------------- models
 
-def randomize_zero_layers(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """The U-Net zero-initialises its output layers; a benchmark model needs them non-zero, or the outputs
-    compared between fast and reference paths would be trivially equal."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.dim() > 1 and p.abs().sum() == 0:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return module
-
-
 def build_unet(preset: str = "tiny", seed: int = 0, **overrides):
+    from evals.models import randomize_zero_layers
     from t2i_core.unet import TextConditionedUNet, preset_config
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

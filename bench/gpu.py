@@ -4,11 +4,12 @@
     python -m bench.gpu --device cpu --preset tiny --res 16 --quick    # CPU smoke of the same logic
 
 Measures, in one process:
-  - the GPU's bf16 matmul peak (torch.mm, square, n=8192 on CUDA),
-  - sampler images/s: t2i_core.sample, DDIM with classifier-free guidance, bf16, batch --sample-batch,
-  - training images/s: forward + backward + fused AdamW, bf16 autocast, batch --train-batch,
+  - the device's matmul peak (torch.mm, square, n=8192 on CUDA) in the low precision: bf16 where the device
+    runs it natively, fp32 elsewhere (a CPU without AVX512-BF16, or with T2I_NO_CPU_BF16=1),
+  - sampler images/s: t2i_core.sample, DDIM with classifier-free guidance, batch --sample-batch,
+  - training images/s: forward + backward + fused AdamW, autocast, batch --train-batch,
   - peak memory of each (torch.cuda.max_memory_allocated; on the CPU the process's peak RSS),
-  - achieved GFLOP/s of both (torch.utils.flop_counter) as a fraction of the measured bf16 peak.
+  - achieved GFLOP/s of both (torch.utils.flop_counter) as a fraction of the measured peak.
 The text context is random (77 tokens, width 768, as Stable Diffusion's CLIP ViT-L/14 gives), so no
 text encoder or download is needed. Prints a table and writes JSON to --json (default: $OUT/gpu.json
 when $OUT is set). Without CUDA and without --device cpu it says so and exits 0.
@@ -103,81 +104,45 @@ def sdpa_kernel_memory(device, shape=(16, 8, 4096, 40)) -> dict:
     return out
 
 
-def measure(args, save=lambda r: None) -> dict:
-    """Fills and returns the result dict; `save(result)` runs after each part, so a run cut short keeps what it got."""
-    from t2i_core.sampler import Conditioning, make_noise, sample
-    from t2i_core.schedule import NoiseSchedule
-    from t2i_core.unet import TextConditionedUNet, preset_config
+class Workload:
+    """The `sd`-sized U-Net, random text and noise that every part of the measurement shares."""
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from bench.common import count_flops, matmul_peak
+    def __init__(self, args, device: torch.device):
+        from t2i_core.conditioning import Conditioning
+        from t2i_core.schedule import NoiseSchedule
+        from t2i_core.unet import TextConditionedUNet, preset_config
+        torch.manual_seed(0)
+        cfg = preset_config(args.preset, in_channels=args.channels, out_channels=args.channels,
+                            context_dim=args.context_dim)
+        self.args, self.device = args, device
+        self.unet = TextConditionedUNet(cfg).to(device)
+        gen = torch.Generator().manual_seed(0)
+        self.cond = Conditioning(torch.randn(1, 77, args.context_dim, generator=gen).to(device))
+        self.uncond = Conditioning(torch.randn(1, 77, args.context_dim, generator=gen).to(device))
+        self.schedule = NoiseSchedule()
+        self.shape = (args.channels, args.res, args.res)
 
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(2)
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "preset": args.preset, "latent": [args.channels, args.res, args.res]}
+    def sampler_run(self, net, precision: str):
+        from t2i_core.sampler import make_noise, sample
+        noise = make_noise(range(self.args.sample_batch), self.shape, device=self.device)
+        return lambda: sample(net, self.schedule, noise, self.cond, self.uncond, steps=self.args.steps,
+                              guidance_scale=7.5, precision=precision)
 
-    parts = set(args.parts.split(","))
-    if "sdpa" in parts and device.type == "cuda":
-        result["sdpa_extra_mb"] = sdpa_kernel_memory(device)
-        save(result)
-
-    n = args.mm or (8192 if device.type == "cuda" else 1024)
-    peak = matmul_peak(torch.bfloat16, n=n, repeats=max(3, args.repeats), device=device)
-    result["bf16_mm_peak_gflops"] = peak
-    save(result)
-
-    torch.manual_seed(0)
-    cfg = preset_config(args.preset, in_channels=args.channels, out_channels=args.channels, context_dim=args.context_dim)
-    unet = TextConditionedUNet(cfg).to(device)
-    result["params_m"] = sum(p.numel() for p in unet.parameters()) / 1e6
-    gen = torch.Generator().manual_seed(0)
-    cond = Conditioning(torch.randn(1, 77, args.context_dim, generator=gen).to(device))
-    uncond = Conditioning(torch.randn(1, 77, args.context_dim, generator=gen).to(device))
-    schedule = NoiseSchedule()
-    shape = (args.channels, args.res, args.res)
-
-    # sampling: bf16 (the default on GPUs) against fp32 (TF32 matmuls) on the same noise
-    unet.eval()
-    bs = args.sample_batch
-    noise = make_noise(range(bs), shape, device=device)
-
-    def sampler_run(net, precision):
-        return lambda: sample(net, schedule, noise, cond, uncond, steps=args.steps, guidance_scale=7.5,
-                              precision=precision)
-    x = torch.randn(2 * bs, *shape, device=device)
-    ctx = torch.cat([uncond.context, cond.context]).repeat_interleave(bs, 0)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
-        step_flops = count_flops(lambda: unet(x, torch.tensor([500], device=device), ctx))
-    result["sample"] = {"batch": bs, "steps": args.steps}
-    for precision in ("bf16", "fp32") if "sample" in parts else ():
-        t = timed(sampler_run(unet, precision), device, args.repeats)
-        result["sample"][precision] = {"seconds": t, "images_per_s": bs / t, "gflops": step_flops * args.steps / t / 1e9,
-                                       "peak_mb": peak_mb(device)}
-        save(result)
-    if "sample" in parts:
-        result["sample"].update(result["sample"]["bf16"])
-        result["sample"]["fraction_of_bf16_peak"] = result["sample"]["gflops"] / peak
-
-    # training
-    unet.train()
-    bt = args.train_batch
-    xt = torch.randn(bt, *shape, device=device)
-    tt = torch.randint(0, 1000, (bt,), device=device)
-    ctx_t = torch.randn(bt, 77, args.context_dim, device=device)
-    target = torch.randn(bt, *shape, device=device)
-
-    def trainer(net, x_in):
-        opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, fused=device.type == "cuda")
+    def trainer(self, net, precision: str, channels_last: bool = False):
+        """(forward+backward, optimizer step) closures for one training batch."""
+        from t2i_core.devices import autocast
+        device, bt = self.device, self.args.train_batch
+        x = torch.randn(bt, *self.shape, device=device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        t = torch.randint(0, 1000, (bt,), device=device)
+        ctx = torch.randn(bt, 77, self.args.context_dim, device=device)
+        target = torch.randn(bt, *self.shape, device=device)
+        opt = torch.optim.AdamW(self.unet.parameters(), lr=1e-5, fused=device.type == "cuda")
 
         def fwd_bwd():
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                pred = net(x_in, tt, ctx_t)
+            with autocast(device, precision):
+                pred = net(x, t, ctx)
             loss = F.mse_loss(pred.float(), target)
             loss.backward()
             return loss
@@ -187,59 +152,129 @@ def measure(args, save=lambda r: None) -> dict:
             fwd_bwd()
             opt.step()
         return fwd_bwd, step
-    fwd_bwd, train_step = trainer(unet, xt)
-    train_flops = count_flops(fwd_bwd)
-    t = timed(train_step, device, args.repeats, warmup=2)
-    result["train"] = {"batch": bt, "seconds_per_step": t, "images_per_s": bt / t,
-                       "gflops": train_flops / t / 1e9, "peak_mb": peak_mb(device)}
-    result["train"]["fraction_of_bf16_peak"] = result["train"]["gflops"] / peak
-    save(result)
 
-    # levers the CPU could not use: channels_last and torch.compile (a CPU probe found compile gave nothing)
-    variants = result["train_variants"] = {}
+
+def setup_device(device: torch.device):
+    if device.type == "cpu":
+        torch.set_num_threads(2)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def measure_sampling(w: Workload, low: str, peak: float) -> dict:
+    """Sampling in the low precision (bf16 where the device has it) against fp32 (TF32 on CUDA), same noise."""
+    from bench.common import count_flops
+    from t2i_core.devices import autocast
+    args, device, bs = w.args, w.device, w.args.sample_batch
+    w.unet.eval()
+    x = torch.randn(2 * bs, *w.shape, device=device)
+    ctx = torch.cat([w.uncond.context, w.cond.context]).repeat_interleave(bs, 0)
+    with torch.inference_mode(), autocast(device, low):
+        step_flops = count_flops(lambda: w.unet(x, torch.tensor([500], device=device), ctx))
+    out = {"batch": bs, "steps": args.steps}
+    for precision in dict.fromkeys((low, "fp32")):
+        t = timed(w.sampler_run(w.unet, precision), device, args.repeats)
+        out[precision] = {"seconds": t, "images_per_s": bs / t, "gflops": step_flops * args.steps / t / 1e9,
+                          "peak_mb": peak_mb(device)}
+    out.update(out[low])
+    out["fraction_of_peak"] = out["gflops"] / peak
+    return out
+
+
+def measure_training(w: Workload, low: str, peak: float) -> dict:
+    from bench.common import count_flops
+    w.unet.train()
+    bt = w.args.train_batch
+    fwd_bwd, train_step = w.trainer(w.unet, low)
+    flops = count_flops(fwd_bwd)
+    t = timed(train_step, w.device, w.args.repeats, warmup=2)
+    return {"batch": bt, "seconds_per_step": t, "images_per_s": bt / t, "gflops": flops / t / 1e9,
+            "peak_mb": peak_mb(w.device), "fraction_of_peak": flops / t / 1e9 / peak}
+
+
+def measure_train_variants(w: Workload, low: str, eager_s: float, parts: set) -> dict:
+    """The levers the CPU could not use: channels_last and torch.compile, against the eager step."""
+    variants, bt, device = {}, w.args.train_batch, w.device
     if "channels_last" in parts:
-        unet.to(memory_format=torch.channels_last)
-        t = timed(trainer(unet, xt.contiguous(memory_format=torch.channels_last))[1], device, args.repeats, warmup=2)
-        variants["channels_last"] = {"images_per_s": bt / t, "vs_eager": result["train"]["seconds_per_step"] / t}
-        unet.to(memory_format=torch.contiguous_format)
-        save(result)
+        w.unet.to(memory_format=torch.channels_last)
+        t = timed(w.trainer(w.unet, low, channels_last=True)[1], device, w.args.repeats, warmup=2)
+        variants["channels_last"] = {"images_per_s": bt / t, "vs_eager": eager_s / t}
+        w.unet.to(memory_format=torch.contiguous_format)
     if "compile_train" in parts:
         t0 = time.perf_counter()
-        _, compiled_step = trainer(torch.compile(unet), xt)
+        _, compiled_step = w.trainer(torch.compile(w.unet), low)
         compiled_step()
         sync(device)
         compile_s = time.perf_counter() - t0
-        t = timed(compiled_step, device, args.repeats, warmup=1)
-        variants["compile"] = {"images_per_s": bt / t, "vs_eager": result["train"]["seconds_per_step"] / t,
-                               "compile_seconds": compile_s}
+        t = timed(compiled_step, device, w.args.repeats, warmup=1)
+        variants["compile"] = {"images_per_s": bt / t, "vs_eager": eager_s / t, "compile_seconds": compile_s}
+    return variants
+
+
+def measure_compiled_sampling(w: Workload, low: str, eager_s: float) -> dict:
+    w.unet.eval()
+    t0 = time.perf_counter()
+    run = w.sampler_run(torch.compile(w.unet), low)
+    run()
+    sync(w.device)
+    compile_s = time.perf_counter() - t0
+    t = timed(run, w.device, w.args.repeats, warmup=2)  # the second call recompiles once for inference mode
+    return {"images_per_s": w.args.sample_batch / t, "vs_eager": eager_s / t, "compile_seconds": compile_s}
+
+
+def measure(args, save=lambda r: None) -> dict:
+    """Fills and returns the result dict; `save(result)` runs after each part, so a run cut short keeps what it got.
+
+    The low precision is bf16 where the device runs it natively and fp32 elsewhere (a CPU without AVX512-BF16)."""
+    from bench.common import matmul_peak
+    from t2i_core.devices import resolve_precision
+
+    device = torch.device(args.device)
+    setup_device(device)
+    low = resolve_precision("auto", device)
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "preset": args.preset, "latent": [args.channels, args.res, args.res],
+              "precision": low}
+    parts = set(args.parts.split(","))
+    if "sdpa" in parts and device.type == "cuda":
+        result["sdpa_extra_mb"] = sdpa_kernel_memory(device)
         save(result)
+    n = args.mm or (8192 if device.type == "cuda" else 1024)
+    peak = matmul_peak(torch.bfloat16 if low == "bf16" else torch.float32, n=n, repeats=max(3, args.repeats),
+                       device=device)
+    result["mm_peak_gflops"] = peak
+    save(result)
+
+    w = Workload(args, device)
+    result["params_m"] = sum(p.numel() for p in w.unet.parameters()) / 1e6
+    if "sample" in parts:
+        result["sample"] = measure_sampling(w, low, peak)
+        save(result)
+    result["train"] = measure_training(w, low, peak)
+    save(result)
+    result["train_variants"] = measure_train_variants(w, low, result["train"]["seconds_per_step"], parts)
+    save(result)
     if "compile_sample" in parts and "sample" in parts:
-        unet.eval()
-        t0 = time.perf_counter()
-        run = sampler_run(torch.compile(unet), "bf16")
-        run()
-        sync(device)
-        compile_s = time.perf_counter() - t0
-        t = timed(run, device, args.repeats, warmup=2)  # the second call recompiles once for inference mode
-        result["sample"]["compile"] = {"images_per_s": bs / t, "vs_eager": result["sample"]["seconds"] / t,
-                                       "compile_seconds": compile_s}
+        result["sample"]["compile"] = measure_compiled_sampling(w, low, result["sample"]["seconds"])
         save(result)
     return result
 
 
 def table(r: dict) -> str:
-    s, t = r["sample"], r["train"]
+    s, t, low, peak = r["sample"], r["train"], r["precision"], r["mm_peak_gflops"]
     lines = [f"{r['device']}, torch {r['torch']}, preset {r['preset']} ({r['params_m']:.0f}M params), "
-             f"latents {'x'.join(map(str, r['latent']))}; bf16 matmul peak {r['bf16_mm_peak_gflops']:.0f} GFLOP/s",
-             "", "| work | batch | images / s | GFLOP/s | % of bf16 mm peak | peak memory MB |", "|---|---|---|---|---|---|",
-             f"| sampling, DDIM {s['steps']} steps, CFG, bf16 | {s['batch']} | {s['images_per_s']:.3g} | {s['gflops']:.0f} | "
-             f"{100 * s['fraction_of_bf16_peak']:.1f} | {s['peak_mb']:.0f} |",
-             f"| sampling, same, fp32 (TF32) | {s['batch']} | {s['fp32']['images_per_s']:.3g} | {s['fp32']['gflops']:.0f} | "
-             f"{100 * s['fp32']['gflops'] / r['bf16_mm_peak_gflops']:.1f} | {s['fp32']['peak_mb']:.0f} |",
-             f"| training step, bf16 autocast, fused AdamW | {t['batch']} | {t['images_per_s']:.3g} | {t['gflops']:.0f} | "
-             f"{100 * t['fraction_of_bf16_peak']:.1f} | {t['peak_mb']:.0f} |",
+             f"latents {'x'.join(map(str, r['latent']))}; {low} matmul peak {peak:.0f} GFLOP/s",
+             "", f"| work | batch | images / s | GFLOP/s | % of {low} mm peak | peak memory MB |", "|---|---|---|---|---|---|",
+             f"| sampling, DDIM {s['steps']} steps, CFG, {low} | {s['batch']} | {s['images_per_s']:.3g} | {s['gflops']:.0f} | "
+             f"{100 * s['fraction_of_peak']:.1f} | {s['peak_mb']:.0f} |",
+             f"| sampling, same, fp32 (TF32 on CUDA) | {s['batch']} | {s['fp32']['images_per_s']:.3g} | "
+             f"{s['fp32']['gflops']:.0f} | {100 * s['fp32']['gflops'] / peak:.1f} | {s['fp32']['peak_mb']:.0f} |",
+             f"| training step, {low} autocast, AdamW | {t['batch']} | {t['images_per_s']:.3g} | {t['gflops']:.0f} | "
+             f"{100 * t['fraction_of_peak']:.1f} | {t['peak_mb']:.0f} |",
              "", "| variant | images / s | vs eager | compile s |", "|---|---|---|---|",
-             f"| sampling bf16 vs fp32 | {s['images_per_s']:.3g} | {s['fp32']['seconds'] / s['seconds']:.2f}x | |"]
+             f"| sampling {low} vs fp32 | {s['images_per_s']:.3g} | {s['fp32']['seconds'] / s['seconds']:.2f}x | |"]
     for name, v in r.get("train_variants", {}).items():
         lines.append(f"| training, {name} | {v['images_per_s']:.3g} | {v['vs_eager']:.2f}x | "
                      f"{v.get('compile_seconds', 0):.0f} |")
@@ -286,11 +321,11 @@ def run(quick: bool = False):
     if quick:
         args.steps, args.repeats, args.mm = 2, 2, 2048
     r = measure(args)
-    tb = Table(f"{r['device']}, matmul peak {r['bf16_mm_peak_gflops']:.0f} GFLOP/s",
-               ["work", "batch", "images / s", "GFLOP/s", "% of bf16 peak", "peak MB"])
+    tb = Table(f"{r['device']}, {r['precision']} matmul peak {r['mm_peak_gflops']:.0f} GFLOP/s",
+               ["work", "batch", "images / s", "GFLOP/s", f"% of {r['precision']} peak", "peak MB"])
     for name, key in [("sampling", "sample"), ("training", "train")]:
         d = r[key]
-        tb.add(name, d["batch"], d["images_per_s"], d["gflops"], 100 * d["fraction_of_bf16_peak"], d["peak_mb"])
+        tb.add(name, d["batch"], d["images_per_s"], d["gflops"], 100 * d["fraction_of_peak"], d["peak_mb"])
     section.tables.append(tb)
     return section
 

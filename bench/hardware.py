@@ -16,8 +16,8 @@ import sys
 
 import torch
 
+from t2i_core.conditioning import concat_conditionings, match_batch
 from t2i_core.devices import autocast, bf16_supported
-from t2i_core.sampler import concat_conditionings
 
 from .common import (
     Section,
@@ -97,7 +97,8 @@ def run(quick: bool = False) -> Section:
     cond, uncond = conditionings()
     work, flops = {}, {}
     for images in ((1,) if quick else (1, 16)):
-        ctx, mask = concat_conditionings(uncond.expand(images), cond.expand(images))
+        both = concat_conditionings(match_batch(uncond, images), match_batch(cond, images))
+        ctx, mask = both.context, both.key_mask
         x = torch.randn(images, 3, RES, RES)  # shared by [uncond; cond], as the sampler passes it
         for precision in precisions:
             with torch.inference_mode(), autocast("cpu", precision):

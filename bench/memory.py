@@ -38,10 +38,10 @@ BATCHES = (1, 4, 16, 64)
 
 def case_work(case: dict):
     """Build everything a case needs and return fn() doing the measured work once."""
+    from evals.seed_reference import reference_forward
+    from t2i_core.conditioning import concat_conditionings, match_batch
     from t2i_core.devices import autocast
-    from t2i_core.sampler import concat_conditionings
 
-    from .seed_reference import reference_forward
     from .training import make_train_step, training_batch
     unet = build_unet(case["preset"])
     res, batch, precision = case["res"], case["batch"], case.get("precision", "fp32")
@@ -49,7 +49,8 @@ def case_work(case: dict):
         step = make_train_step(unet, training_batch(batch, res), precision)
         return step
     cond, uncond = conditionings()
-    ctx, mask = concat_conditionings(uncond.expand(batch), cond.expand(batch))
+    both = concat_conditionings(match_batch(uncond, batch), match_batch(cond, batch))
+    ctx, mask = both.context, both.key_mask
     x = torch.randn(2 * batch, 3, res, res)
     t = torch.tensor([500])
     if case["kind"] == "sample_reference":
@@ -104,9 +105,10 @@ def measure_case(case: dict) -> dict:
 
 def attention_share(unet, res: int) -> tuple[float, float]:
     """(total forward GFLOP for 1 CFG image, share of it in attention score/value products)."""
-    from t2i_core.sampler import concat_conditionings
+    from t2i_core.conditioning import concat_conditionings
     cond, uncond = conditionings()
-    ctx, mask = concat_conditionings(uncond, cond)
+    both = concat_conditionings(uncond, cond)
+    ctx, mask = both.context, both.key_mask
     x = torch.randn(2, 3, res, res)
     with torch.inference_mode():
         prepared = unet.prepare_context(ctx, mask)
@@ -139,9 +141,10 @@ def run(quick: bool = False) -> Section:
     rt = Table("Growth with resolution: `tiny` preset, one CFG sampling step for 1 image (forward batch 2), fp32",
                ["px", "tokens at level 1", "GFLOP", "attention share of FLOPs", "time vs 32px",
                 "t2i_core MB", "seed-style manual attention MB"])
-    from t2i_core.sampler import concat_conditionings
+    from t2i_core.conditioning import concat_conditionings, match_batch
     cond, uncond = conditionings()
-    ctx, mask = concat_conditionings(uncond, cond)
+    both = concat_conditionings(uncond, cond)
+    ctx, mask = both.context, both.key_mask
     fns = {}
     with torch.inference_mode():
         prepared = unet.prepare_context(ctx, mask)
@@ -166,7 +169,8 @@ def run(quick: bool = False) -> Section:
                ["images", "time vs batch 1", "time per image vs batch 1", "MB added"])
     fns = {}
     for b in batches:
-        c, m = concat_conditionings(uncond.expand(b), cond.expand(b))
+        both = concat_conditionings(match_batch(uncond, b), match_batch(cond, b))
+        c, m = both.context, both.key_mask
         with torch.inference_mode():
             p = unet.prepare_context(c, m)
         x = torch.randn(2 * b, 3, 32, 32)

@@ -31,19 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.judges import (  # noqa: E402
-    DigitsJudge,
-    frechet_distance,
-    judge_shapes,
-    mean_pairwise_distance,
-    pca_features,
-    summarize_judgements,
-)
-from t2i_core.data.builtin import (  # noqa: E402
+from evals.digits import DigitsJudge
+from evals.distances import frechet_distance, mean_pairwise_distance, pca_features
+from evals.shapes import judge_shapes, summarize_judgements
+from t2i_core.data.builtin import (
     DIGIT_WORDS,
     digits_caption,
     generate_shapes,
@@ -51,9 +42,12 @@ from t2i_core.data.builtin import (  # noqa: E402
     make_digits_dataset,
     make_shapes_dataset,
 )
-from t2i_core.pipeline import T2IModel  # noqa: E402
-from t2i_core.text_encoder import tiny_text_encoder  # noqa: E402
-from t2i_core.train import TrainCallbacks, TrainConfig, state_path, train  # noqa: E402
+from t2i_core.pipeline import T2IModel
+from t2i_core.text_encoder import tiny_text_encoder
+from t2i_core.train import TrainCallbacks, TrainConfig, train
+from t2i_core.train_state import training_files
+
+REPO = Path(__file__).resolve().parent.parent
 
 BENCH_DIR = Path(os.environ.get("T2I_BENCH_DIR", REPO / ".cache" / "bench"))
 FULL, LATE = (0.0, 1.0), (0.4, 1.0)
@@ -88,8 +82,8 @@ class Trained:
 
 def train_fresh(dataset: Path, output: Path, *, minutes: float | None, steps: int | None, log=None, **overrides) -> Trained:
     """Train a new model on `dataset` (earlier bench output there is removed), defaults apart from the arguments."""
-    for path in [output, state_path(output), *output.parent.glob(output.stem + "-step*.safetensors")]:
-        path.unlink(missing_ok=True)
+    for path in training_files(output):
+        path.unlink()
     kw = dict(dataset=str(dataset), output=str(output), resolution=RESOLUTION, **overrides)
     if minutes:
         kw["max_minutes"] = minutes

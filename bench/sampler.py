@@ -1,4 +1,4 @@
-"""Sampler speed: t2i_core's CFG sampler against the seed's way (bench/seed_reference.py), same weights.
+"""Sampler speed: t2i_core's CFG sampler against the seed's way (evals/seed_reference.py), same weights.
 
     python -m bench.sampler [--quick]
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from evals.seed_reference import reference_sample
 from t2i_core.devices import bf16_supported
 from t2i_core.sampler import make_noise, sample
 from t2i_core.schedule import NoiseSchedule
@@ -27,7 +28,6 @@ from .common import (
     run_options_suffix,
     run_part,
 )
-from .seed_reference import reference_sample
 
 PRESET, RES, GUIDANCE = "tiny", 32, 3.0
 
@@ -120,9 +120,10 @@ def run(quick: bool = False) -> Section:
 
     ft = Table("One forward pass (a CFG step's batch of 2 x images), fp32, against the fp32 matmul peak",
                ["images", "forward batch", "GFLOP", "ms", "GFLOP/s", "% of peak"])
-    from t2i_core.sampler import concat_conditionings
+    from t2i_core.conditioning import concat_conditionings, match_batch
     for b in batches:
-        c, m = concat_conditionings(uncond.expand(b), cond.expand(b))
+        both = concat_conditionings(match_batch(uncond, b), match_batch(cond, b))
+        c, m = both.context, both.key_mask
         prepared = unet.prepare_context(c, m)
         x = torch.randn(2 * b, 3, RES, RES)
         with torch.inference_mode():

@@ -20,12 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.judges import DigitsJudge, frechet_distance, pca_features  # noqa: E402
-from bench.quality import (  # noqa: E402
+from bench.quality import (
     BENCH_DIR,
     FULL,
     LATE,
@@ -38,8 +33,10 @@ from bench.quality import (  # noqa: E402
     training_line,
     within_prompt_diversity,
 )
-from t2i_core import load_checkpoint  # noqa: E402
-from t2i_core.data.builtin import digits_caption, load_digits_arrays, make_digits_dataset  # noqa: E402
+from evals.digits import DigitsJudge
+from evals.distances import frechet_distance, pca_features
+from t2i_core import load_checkpoint
+from t2i_core.data.builtin import digits_caption, load_digits_arrays, make_digits_dataset
 
 STEP_COUNTS = (1, 2, 3, 5, 10, 25)
 # name -> (sampler, guidance interval): every sampler t2i_core offers, and DDIM guided only from 40% of the run on

@@ -1,7 +1,7 @@
 """Conversions between t2i_core's objects and ComfyUI's data formats. Layout only, no model logic.
 
     CONDITIONING  [[context (B, L, D), {"pooled_output": (B, E), "attention_mask": (B, L) bool}], ...]
-    LATENT        {"samples": (B, C, h, w)}  in ComfyUI's unscaled convention (codec.to_comfy / from_comfy)
+    LATENT        {"samples": (B, C, h, w)}  the raw, unscaled latent (codec.unscale(z); codec.scale takes it back)
     IMAGE         (B, H, W, 3) float 0..1
 """
 from __future__ import annotations
@@ -59,18 +59,6 @@ def from_comfy_conditioning(conditioning, name: str, context_dim: int) -> Condit
         mask = None
     pooled = extra.get("pooled_output")
     return Conditioning(context.float(), mask, pooled if torch.is_tensor(pooled) else None)
-
-
-def match_batch(cond: Conditioning, batch: int, name: str) -> Conditioning:
-    """One prompt for all images, one per image, or k images per prompt in order (a prompts x seeds grid)."""
-    n = len(cond)
-    if n in (1, batch):
-        return cond
-    if batch % n:
-        raise ValueError(f"{name} holds {n} prompts but the latent has {batch} images; the image count must be "
-                         f"a multiple of the prompt count (set the Noise Latent batch_size to {n}, {2 * n}, ...)")
-    rep = lambda t: None if t is None else t.repeat_interleave(batch // n, dim=0)  # noqa: E731
-    return Conditioning(rep(cond.context), rep(cond.key_mask), rep(cond.pooled))
 
 
 def images_to_comfy(images: torch.Tensor) -> torch.Tensor:

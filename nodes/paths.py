@@ -12,6 +12,8 @@ from pathlib import Path, PurePosixPath
 
 import folder_paths
 
+from ..t2i_core.train_state import SNAPSHOT_FOLDER
+
 MODEL_FOLDER = "t2i_mini"  # the folder_paths key and the folder name under models/
 CHECKPOINT_EXTENSION = ".safetensors"
 NO_DATASET = "(connect dataset_path)"  # the dataset dropdown's entry for "use the dataset_path input"
@@ -33,7 +35,9 @@ def model_dir() -> Path:
 
 
 def checkpoint_names() -> list[str]:
-    return folder_paths.get_filename_list(MODEL_FOLDER)
+    """The finished models: step-numbered snapshots (in a `snapshots/` folder) are left out."""
+    return [name for name in folder_paths.get_filename_list(MODEL_FOLDER)
+            if SNAPSHOT_FOLDER not in PurePosixPath(name.replace("\\", "/")).parts[:-1]]
 
 
 def checkpoint_path(name: str) -> Path:

@@ -6,9 +6,10 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..t2i_core import SAMPLERS, PixelCodec, make_noise, sample
+from ..t2i_core import SAMPLERS, PixelCodec, latent_shape, make_noise, match_batch, sample
 from ..t2i_core.devices import PRECISIONS
-from .comfy_format import from_comfy_conditioning, images_to_comfy, match_batch, preview
+from ..t2i_core.geometry import image_size
+from .comfy_format import from_comfy_conditioning, images_to_comfy, preview
 from .types import CATEGORY, Codec, T2IModel, combo_error
 
 SAMPLING = f"{CATEGORY}/sampling"
@@ -19,10 +20,6 @@ VAE_PREVIEW_MAX_CELLS = 32 * 32  # decode VAE previews only for latents this sma
 # eight per run, a 25-step batch-4 run of the tiny model took 2-3% longer (bench/comfy_overhead.py). Eight still
 # show the image forming.
 PREVIEWS_PER_RUN = 8
-
-
-def size_factor(codec, model=None) -> int:
-    return codec.factor * (model.unet.cfg.downsample_factor if model is not None else 1)
 
 
 class NoiseLatent(io.ComfyNode):
@@ -57,15 +54,11 @@ class NoiseLatent(io.ComfyNode):
             raise ValueError(f"the codec ({codec.channels} channels, factor {codec.factor}) is not the model's "
                              f"({model.codec.channels} channels, factor {model.codec.factor}); use the CODEC output "
                              "of the same checkpoint")
-        f = size_factor(codec, model)
-        if width % f or height % f:
-            what = (f"codec factor {codec.factor} x U-Net factor {model.unet.cfg.downsample_factor}"
-                    if model is not None else f"the codec's factor {codec.factor}")
-            raise ValueError(f"width and height must be multiples of {f} ({what}), got {width}x{height}; "
-                             f"try {max(f, width // f * f)}x{max(f, height // f * f)}")
-        shape = (codec.channels, height // codec.factor, width // codec.factor)
+        shape = latent_shape(height, width, channels=codec.channels, codec_factor=codec.factor,
+                             unet_factor=model.unet.cfg.downsample_factor if model is not None else 1,
+                             what="width and height")
         noise = make_noise([(seed + i) % SEED_SPACE for i in range(batch_size)], shape)
-        return io.NodeOutput({"samples": codec.to_comfy(noise).to(mm.intermediate_device())})
+        return io.NodeOutput({"samples": codec.unscale(noise).to(mm.intermediate_device())})
 
 
 class GuidedSampler(io.ComfyNode):
@@ -117,14 +110,11 @@ class GuidedSampler(io.ComfyNode):
                 precision, guidance_start=0.0, guidance_end=1.0) -> io.NodeOutput:
         unet_cfg = model.unet.cfg
         codec = model.codec
-        z = codec.from_comfy(latent["samples"].float())
+        z = codec.scale(latent["samples"].float())
         if z.dim() != 4 or z.shape[1] != unet_cfg.in_channels:
             raise ValueError(f"the latent has shape {tuple(z.shape)} but the model denoises {unet_cfg.in_channels}-"
                              "channel latents; make the noise with the model's codec")
-        f = unet_cfg.downsample_factor
-        if z.shape[2] % f or z.shape[3] % f:
-            raise ValueError(f"the latent is {z.shape[3]}x{z.shape[2]} cells but the U-Net needs multiples of {f} "
-                             f"(images multiples of {f * codec.factor} pixels)")
+        model.latent_shape(*image_size(z.shape[2], z.shape[3], codec.factor))  # checks the size
         if guidance_start > guidance_end:
             raise ValueError(f"guidance_start ({guidance_start}) is after guidance_end ({guidance_end}): set start "
                              "<= end (0 = the start of sampling, 1 = its end)")
@@ -153,7 +143,7 @@ class GuidedSampler(io.ComfyNode):
         finally:
             if device.type != "cpu":
                 model.to(mm.unet_offload_device())
-        return io.NodeOutput({"samples": codec.to_comfy(out).to(mm.intermediate_device())})
+        return io.NodeOutput({"samples": codec.unscale(out).to(mm.intermediate_device())})
 
 
 class Decode(io.ComfyNode):
@@ -181,7 +171,7 @@ class Decode(io.ComfyNode):
         codec.to(device)
         try:
             with torch.inference_mode():
-                images = codec.decode(codec.from_comfy(latent.to(device)))
+                images = codec.decode(codec.scale(latent.to(device)))
         finally:
             if device.type != "cpu":
                 codec.to(mm.vae_offload_device())

@@ -16,7 +16,8 @@ from comfy_api.latest import io, ui
 from ..t2i_core import PRESETS
 from ..t2i_core.data.folder import fingerprint
 from ..t2i_core.devices import PRECISIONS
-from ..t2i_core.train import TrainCallbacks, TrainConfig, loss_curve_image, train
+from ..t2i_core.plot import loss_curve_image
+from ..t2i_core.train import TrainCallbacks, TrainConfig, train
 from . import paths
 from .comfy_format import images_to_comfy, preview
 from .types import CATEGORY, Codec, T2IModel, TextEncoder, combo_error
@@ -147,7 +148,7 @@ class Train(io.ComfyNode):
         log.info("T2I Mini: training %s on %s (%d steps)", output.name, folder, steps)
         with torch.inference_mode(False), torch.enable_grad():
             result = train(config, text_encoder, codec, device=mm.get_torch_device(), callbacks=callbacks)
-        if result.stopped and getattr(result, "out_of_time", False):
+        if result.out_of_time:
             log.info("T2I Mini: the %g-minute budget ended training at step %d of %d; %s is resumable",
                      max_minutes, result.step, steps, result.checkpoint)
         elif result.stopped:

@@ -1,6 +1,6 @@
 """The main job, headless: train a tiny model through a real ComfyUI's /prompt, then generate with it.
 
-    make demo            (or: .venv/bin/python scripts/demo.py [--out DIR] [--steps N])
+    make demo            (or: .venv/bin/python -m scripts.demo [--out DIR] [--steps N])
 
 1. starts ComfyUI (from .cache/comfyui) with this pack linked, in a persistent home (.cache/demo-home),
    so the trained model is kept between runs;
@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from scripts.comfy_harness import ComfyServer
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-from comfy_harness import ComfyServer  # noqa: E402
 
 
 def load_workflow(name: str) -> dict:

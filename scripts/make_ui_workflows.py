@@ -1,8 +1,8 @@
 """Write the UI-format workflows in workflows/ from their API-format twins in workflows/api/.
 
-    python scripts/make_ui_workflows.py                  # regenerate workflows/*.json
-    python scripts/make_ui_workflows.py --check          # exit 1 if a committed file differs
-    python scripts/make_ui_workflows.py --refresh-specs  # re-read node specs from a real ComfyUI (make setup)
+    python -m scripts.make_ui_workflows                  # regenerate workflows/*.json
+    python -m scripts.make_ui_workflows --check          # exit 1 if a committed file differs
+    python -m scripts.make_ui_workflows --refresh-specs  # re-read node specs from a real ComfyUI (make setup)
 
 ComfyUI's Templates dialog lists UI-format files (what the frontend saves: nodes with positions, slots and
 `widgets_values`, plus a `links` table) from a pack's workflows/ folder; /prompt takes the API format
@@ -101,10 +101,9 @@ def used_types() -> set[str]:
 
 
 def refresh_specs() -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
     import tempfile
 
-    from comfy_harness import ComfyServer
+    from scripts.comfy_harness import ComfyServer
     with tempfile.TemporaryDirectory(prefix="t2i-specs-") as base, ComfyServer(base_dir=Path(base)) as server:
         info = server.object_info()
     specs = {t: spec_from_object_info(info[t]) for t in sorted(used_types())}
@@ -266,7 +265,7 @@ def main(argv=None) -> int:
             ui_path.write_text(text)
             print(f"wrote {ui_path.relative_to(ROOT)}")
     if stale:
-        print("out of date (run python scripts/make_ui_workflows.py):", *stale, sep="\n  ")
+        print("out of date (run python -m scripts.make_ui_workflows):", *stale, sep="\n  ")
         return 1
     return 0
 

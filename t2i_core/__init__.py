@@ -6,26 +6,28 @@
 """
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .codecs import CodecError, PixelCodec, VAECodec, codec_from_spec, load_vae
+from .conditioning import Codec, Conditioning, EncodedText, TextEncoder, match_batch
 from .devices import autocast, default_device, resolve_precision
+from .geometry import latent_shape
 from .pipeline import T2IModel
-from .sampler import SAMPLERS, Conditioning, make_noise, sample
+from .sampler import SAMPLERS, make_noise, sample
 from .schedule import NoiseSchedule, ScheduleConfig
 from .text_encoder import (
-                           TINY_TEXT_CONFIG,
-                           FrozenCLIPTextEncoder,
-                           TextEncoderError,
-                           TextEncoderSpec,
-                           build_text_encoder,
-                           load_pretrained_text_encoder,
-                           load_text_encoder_file,
-                           tiny_text_encoder,
+    TINY_TEXT_CONFIG,
+    FrozenCLIPTextEncoder,
+    TextEncoderError,
+    TextEncoderSpec,
+    build_text_encoder,
+    load_pretrained_text_encoder,
+    load_text_encoder_file,
+    tiny_text_encoder,
 )
 from .unet import PRESETS, TextConditionedUNet, UNetConfig, preset_config
 
 __all__ = [
     "CheckpointError", "load_checkpoint", "save_checkpoint", "CodecError", "PixelCodec", "VAECodec",
-    "codec_from_spec", "load_vae", "autocast", "default_device", "resolve_precision", "T2IModel", "SAMPLERS",
-    "Conditioning", "make_noise", "sample", "NoiseSchedule", "ScheduleConfig", "TINY_TEXT_CONFIG",
+    "codec_from_spec", "load_vae", "Codec", "Conditioning", "EncodedText", "TextEncoder", "match_batch", "autocast",
+    "default_device", "resolve_precision", "latent_shape", "T2IModel", "SAMPLERS", "make_noise", "sample", "NoiseSchedule", "ScheduleConfig", "TINY_TEXT_CONFIG",
     "FrozenCLIPTextEncoder", "TextEncoderError", "TextEncoderSpec", "build_text_encoder",
     "load_pretrained_text_encoder", "load_text_encoder_file", "tiny_text_encoder", "PRESETS",
     "TextConditionedUNet", "UNetConfig", "preset_config",

@@ -2,12 +2,13 @@
 
 Tensors                        Metadata (JSON strings)
   unet.*   U-Net weights         format = "t2i-mini", format_version
-  ema.*    EMA weights (opt.)    unet_config, schedule, text_encoder (spec), codec (spec), training (summary)
+                                 unet_config, schedule, text_encoder (spec), codec (spec), training (summary)
   text_encoder.*  (unless the encoder is an open_clip pretrained tag, which is fetched by name)
   codec.*  VAE weights (VAE codec only)
 
-No pickle anywhere. Writes go to a temporary file that is renamed over the target, so a crash mid-write
-never leaves a half-written checkpoint. Loading checks everything and names the file and the problem.
+The trainer saves its EMA weights as `unet.*`: they are the ones to generate with. No pickle anywhere.
+The file is written atomically (t2i_core.files), so a crash mid-write never leaves a half-written
+checkpoint. Loading checks everything and names the file and the problem.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .codecs import codec_from_spec
+from .files import prefixed, read_safetensors, save_safetensors, state_dict_problems, take
 from .pipeline import T2IModel
 from .schedule import NoiseSchedule, ScheduleConfig
 from .text_encoder import (
@@ -38,29 +40,8 @@ class CheckpointError(ValueError):
     pass
 
 
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | os.PathLike):
-    from safetensors.torch import save_file
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v for k, v in state.items()}
-
-
-def save_checkpoint(path: str | os.PathLike, model: T2IModel, ema_state: dict[str, torch.Tensor] | None = None,
-                    training: dict | None = None):
+def save_checkpoint(path: str | os.PathLike, model: T2IModel, training: dict | None = None) -> Path:
     tensors = prefixed("unet", model.unet.state_dict())
-    if ema_state is not None:
-        tensors.update(prefixed("ema", ema_state))
     spec = model.text_encoder.spec
     if spec.pretrained is None:
         tensors.update(prefixed("text_encoder", model.text_encoder.tower.state_dict()))
@@ -74,23 +55,12 @@ def save_checkpoint(path: str | os.PathLike, model: T2IModel, ema_state: dict[st
         "codec": json.dumps(model.codec.spec),
         "training": json.dumps(training if training is not None else model.training),
     }
-    atomic_save_safetensors(tensors, metadata, path)
+    return save_safetensors(tensors, metadata, path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors and parsed metadata of a checkpoint file, after checking its header."""
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open, not a dict)
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
-    if raw.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a Text-to-Image Mini checkpoint (its metadata has no format={FORMAT!r})")
+    tensors, raw = read_safetensors(path, expected_format=FORMAT, what="checkpoint", error=CheckpointError)
     missing = [k for k in REQUIRED_METADATA if k not in raw]
     if missing:
         raise CheckpointError(f"{path}: metadata lacks {missing}; the file is damaged or from another tool")
@@ -110,28 +80,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, meta
 
 
-def take(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-
-
 def check_state(path, part: str, expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]):
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    wrong = [f"{k} is {tuple(given[k].shape)}, expected {tuple(v.shape)}"
-             for k, v in expected.items() if k in given and given[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {[f'{part}.{k}' for k in missing[:5]]}{' ...' if len(missing) > 5 else ''}")
-    if unexpected:
-        problems.append(f"unexpected keys {[f'{part}.{k}' for k in unexpected[:5]]}")
-    if wrong:
-        problems.append("shape mismatch: " + "; ".join(wrong[:3]))
+    problems = state_dict_problems(expected, given, prefix=part)
     if problems:
         raise CheckpointError(f"{path}: {part} weights do not match its config: {', '.join(problems)}")
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True,
-                    text_encoder_cache_dir: str | None = None) -> T2IModel:
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> T2IModel:
     tensors, meta = read_checkpoint(path)
     try:
         unet = TextConditionedUNet(UNetConfig.from_dict(meta["unet_config"]))
@@ -142,14 +97,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
 
     unet_state = take(tensors, "unet")
     check_state(path, "unet", unet.state_dict(), unet_state)
-    ema_state = take(tensors, "ema")
-    if ema_state:
-        check_state(path, "ema", unet.state_dict(), ema_state)
-    unet.load_state_dict(ema_state if (use_ema and ema_state) else unet_state)
+    unet.load_state_dict(unet_state)
 
     try:
         if spec.pretrained is not None:
-            text_encoder = load_pretrained_text_encoder(spec.model_name, spec.pretrained, text_encoder_cache_dir)
+            text_encoder = load_pretrained_text_encoder(spec.model_name, spec.pretrained)
         else:
             text_encoder = build_text_encoder(spec)
             te_state = take(tensors, "text_encoder")

@@ -1,16 +1,20 @@
 """Codecs: the map between images (B, 3, H, W) in 0..1 and the space the U-Net denoises.
 
-Both codecs expose the same interface, so the sampler and the trainer never ask which one they hold:
-    encode(images) -> z,   decode(z) -> images,   channels, factor (pixels per latent cell), spec.
-`z` is the *model-space* tensor (for a VAE: scaled by its scaling factor so it has roughly unit
-variance). ComfyUI's LATENT holds the *unscaled* VAE latent; `to_comfy` / `from_comfy` convert.
+Both implement `t2i_core.conditioning.Codec`, so the sampler and the trainer never ask which one they hold:
+    encode(images) -> z,   decode(z) -> images,   channels, factor (pixels per latent cell), spec, identity.
+`z` is the *model-space* tensor (for a VAE: its latent scaled by the scaling factor, so it has roughly unit
+variance); `unscale(z)` is the raw latent the VAE itself reads and writes, and `scale` maps it back.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from .conditioning import Codec
+from .data.cache import module_digest
 
 
 class CodecError(RuntimeError):
@@ -20,23 +24,26 @@ class CodecError(RuntimeError):
 class PixelCodec(nn.Module):
     """Pixel space: the model denoises the image itself, mapped from 0..1 to -1..1. Lets small models train on a CPU."""
     channels, factor = 3, 1
-    scaling_factor, shift_factor = 1.0, 0.0
 
     @property
     def spec(self) -> dict:
         return {"kind": "pixel"}
 
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    @property
+    def identity(self) -> str:
+        return "pixel"
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
         return images * 2 - 1
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return ((z.float() + 1) / 2).clamp(0, 1)
 
-    def to_comfy(self, z):
-        return z
-
-    def from_comfy(self, latent):
+    def scale(self, latent: torch.Tensor) -> torch.Tensor:
         return latent
+
+    def unscale(self, z: torch.Tensor) -> torch.Tensor:
+        return z
 
 
 class VAECodec(nn.Module):
@@ -50,39 +57,39 @@ class VAECodec(nn.Module):
         self.shift_factor = float(shift_factor if shift_factor is not None else (getattr(cfg, "shift_factor", None) or 0.0))
         self.channels = cfg.latent_channels
         self.factor = 2 ** (len(cfg.block_out_channels) - 1)
+        self._id: str | None = None
 
     @property
     def spec(self) -> dict:
         return {"kind": "vae", "config": dict(self.vae.config), "scaling_factor": self.scaling_factor,
                 "shift_factor": self.shift_factor}
 
+    @property
+    def identity(self) -> str:
+        """A digest of the VAE's config, scaling and weights: the key under which caches store its latents."""
+        if self._id is None:
+            self._id = module_digest(self, json.dumps(self.spec, sort_keys=True, default=str))
+        return self._id
+
     def train(self, mode: bool = True):
         return super().train(False)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        dist = self.vae.encode(images.to(self.vae.dtype) * 2 - 1).latent_dist
-        # The posterior's mean is the deterministic choice; sampling it is a mild augmentation when asked for.
-        latent = dist.mean if generator is None else dist.mean + dist.std * torch.randn(
-            dist.mean.shape, generator=generator).to(dist.mean)
-        return self.to_model(latent.float())
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        # the posterior's mean: the deterministic choice, so a cached latent stands for its image
+        latent = self.vae.encode(images.to(self.vae.dtype) * 2 - 1).latent_dist.mean
+        return self.scale(latent.float())
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        images = self.vae.decode(self.to_comfy(z).to(self.vae.dtype)).sample
+        images = self.vae.decode(self.unscale(z).to(self.vae.dtype)).sample
         return ((images.float() + 1) / 2).clamp(0, 1)
 
-    def to_model(self, latent):
+    def scale(self, latent: torch.Tensor) -> torch.Tensor:
         return (latent - self.shift_factor) * self.scaling_factor
 
-    def to_comfy(self, z):
+    def unscale(self, z: torch.Tensor) -> torch.Tensor:
         return z / self.scaling_factor + self.shift_factor
-
-    def from_comfy(self, latent):
-        return self.to_model(latent)
-
-
-Codec = PixelCodec | VAECodec
 
 
 def vae_from_config(config: dict, **scale):
@@ -106,8 +113,6 @@ def load_vae(path: str | Path) -> VAECodec:
             raise CodecError(f"VAE file {path} does not exist")
         config_file = path.with_suffix(".json")
         if config_file.is_file():  # a diffusers state dict saved beside its config (what this pack writes)
-            import json
-
             from safetensors.torch import load_file
             codec = vae_from_config(json.loads(config_file.read_text()))
             codec.vae.load_state_dict(load_file(str(path)))
@@ -121,13 +126,11 @@ def load_vae(path: str | Path) -> VAECodec:
                          "same-name .json config beside it") from e
 
 
-def codec_from_spec(spec: dict, state: dict[str, torch.Tensor] | None = None) -> Codec:
+def codec_from_spec(spec: dict) -> Codec:
+    """The codec a spec describes, with a VAE's weights still to be loaded (the checkpoint holds them)."""
     kind = spec.get("kind")
     if kind == "pixel":
         return PixelCodec()
     if kind == "vae":
-        codec = vae_from_config(spec["config"], scaling_factor=spec["scaling_factor"], shift_factor=spec["shift_factor"])
-        if state is not None:
-            codec.vae.load_state_dict(state)
-        return codec
+        return vae_from_config(spec["config"], scaling_factor=spec["scaling_factor"], shift_factor=spec["shift_factor"])
     raise CodecError(f"unknown codec kind {kind!r}; expected 'pixel' or 'vae'")

@@ -1,11 +1,22 @@
-"""Device and precision choices. Nothing here assumes CUDA."""
+"""Device and precision choices. Nothing here assumes CUDA.
+
+T2I_NO_CPU_BF16=1 in the environment makes the engine treat the CPU as one without native bf16 (no AVX512-BF16,
+no AMX): `precision="auto"` is then fp32 and `"bf16"` is refused, as on such a CPU. CI runs the unit tests
+once that way too, so a machine with bf16 catches what one without it would hit.
+"""
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
+NO_CPU_BF16_ENV = "T2I_NO_CPU_BF16"
+
+
+def cpu_bf16_disabled() -> bool:
+    return os.environ.get(NO_CPU_BF16_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def default_device() -> torch.device:
@@ -18,7 +29,7 @@ def bf16_supported(device: torch.device | str) -> bool:
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         # oneDNN runs bf16 matmuls natively only with AVX512-BF16 or AMX; elsewhere bf16 is emulated and slow.
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return not cpu_bf16_disabled() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
 
 
@@ -28,7 +39,8 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if precision == "auto":
         return "bf16" if bf16_supported(device) else "fp32"
     if precision == "bf16" and not bf16_supported(device):
-        raise ValueError(f"bf16 is not supported on {device}; use precision='fp32' or 'auto'")
+        why = f" ({NO_CPU_BF16_ENV} is set)" if torch.device(device).type == "cpu" and cpu_bf16_disabled() else ""
+        raise ValueError(f"bf16 is not supported on {device}{why}; use precision='fp32' or 'auto'")
     return precision
 
 

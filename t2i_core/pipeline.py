@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .codecs import Codec
-from .sampler import Conditioning, StepCallback, make_noise, sample
+from .conditioning import Codec, Conditioning, TextEncoder, match_batch
+from .geometry import latent_shape
+from .sampler import StepCallback, make_noise, sample
 from .schedule import NoiseSchedule
-from .text_encoder import FrozenCLIPTextEncoder
 from .unet import TextConditionedUNet
 
 
@@ -17,7 +17,7 @@ from .unet import TextConditionedUNet
 class T2IModel:
     unet: TextConditionedUNet
     schedule: NoiseSchedule
-    text_encoder: FrozenCLIPTextEncoder
+    text_encoder: TextEncoder
     codec: Codec
     training: dict = field(default_factory=dict)  # summary of how it was trained (steps, data, losses)
 
@@ -32,12 +32,8 @@ class T2IModel:
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(C, h, w) of the model-space tensor for an image of height x width pixels."""
-        f = self.codec.factor * self.unet.cfg.downsample_factor
-        if height % f or width % f:
-            raise ValueError(f"height and width must be multiples of {f} for this model "
-                             f"(codec factor {self.codec.factor} x U-Net factor {self.unet.cfg.downsample_factor}), "
-                             f"got {height}x{width}")
-        return self.codec.channels, height // self.codec.factor, width // self.codec.factor
+        return latent_shape(height, width, channels=self.codec.channels, codec_factor=self.codec.factor,
+                            unet_factor=self.unet.cfg.downsample_factor)
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         return self.text_encoder.encode(list(prompts)).conditioning
@@ -47,14 +43,11 @@ class T2IModel:
                  sampler: str = "ddim", eta: float = 0.0, guidance_rescale: float = 0.0,
                  guidance_interval: tuple[float, float] = (0.0, 1.0), precision: str = "fp32",
                  callback: StepCallback | None = None) -> torch.Tensor:
-        """Images (B, 3, H, W) in 0..1, one per prompt (a single prompt is repeated for every seed)."""
+        """Images (B, 3, H, W) in 0..1, one per seed: one prompt for every seed, one prompt per seed, or
+        seeds / prompts images per prompt in order. An int `seeds` gives one seed per prompt from there on."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = list(range(seeds, seeds + len(prompts))) if isinstance(seeds, int) else list(seeds)
-        if len(prompts) == 1:
-            prompts = prompts * len(seeds)
-        if len(prompts) != len(seeds):
-            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        cond = self.encode_prompts(prompts)
+        cond = match_batch(self.encode_prompts(prompts), len(seeds), "prompts")
         uncond = self.encode_prompts([negative_prompt]) if negative_prompt else self.text_encoder.empty()
         noise = make_noise(seeds, self.latent_shape(height, width), device=self.device)
         z = sample(self.unet, self.schedule, noise, cond, uncond, steps=steps, guidance_scale=guidance_scale,

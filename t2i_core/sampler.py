@@ -15,49 +15,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
+from .conditioning import Conditioning, concat_conditionings, match_batch
 from .devices import autocast
 from .schedule import NoiseSchedule
 from .unet import TextConditionedUNet
 
 SAMPLERS = ("ddim", "ddpm")
-
-
-@dataclass
-class Conditioning:
-    """Text as the U-Net reads it: per-token states (B, L, D), which tokens are real, and the pooled vector."""
-    context: torch.Tensor
-    key_mask: torch.Tensor | None = None  # (B, L) bool, True = a real token
-    pooled: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.context.shape[0]
-
-    def expand(self, batch: int) -> Conditioning:
-        """Broadcast a batch-1 conditioning to `batch` rows (one prompt for a whole batch)."""
-        if len(self) == batch:
-            return self
-        if len(self) != 1:
-            raise ValueError(f"conditioning holds {len(self)} prompts but the batch has {batch} images; "
-                             "give one prompt, or one per image")
-        rep = lambda t: None if t is None else t.expand(batch, *t.shape[1:])  # noqa: E731
-        return Conditioning(rep(self.context), rep(self.key_mask), rep(self.pooled))
-
-
-def concat_conditionings(a: Conditioning, b: Conditioning) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Stack two conditionings on the batch axis, padding the shorter token axis with masked zeros."""
-    length = max(a.context.shape[1], b.context.shape[1])
-    contexts, masks = [], []
-    for c in (a, b):
-        pad = length - c.context.shape[1]
-        mask = c.key_mask if c.key_mask is not None else torch.ones(c.context.shape[:2], dtype=torch.bool, device=c.context.device)
-        contexts.append(torch.nn.functional.pad(c.context, (0, 0, 0, pad)))
-        masks.append(torch.nn.functional.pad(mask, (0, pad), value=False))
-    mask = torch.cat(masks)
-    return torch.cat(contexts), (None if mask.all() else mask)
 
 
 def make_noise(seeds: Sequence[int], shape: Sequence[int], device="cpu", dtype=torch.float32) -> torch.Tensor:
@@ -95,7 +61,6 @@ def sample(
     sampler: str = "ddim",
     eta: float = 0.0,
     guidance_rescale: float = 0.0,
-    step_seeds: Sequence[int] | None = None,
     guidance_interval: tuple[float, float] = (0.0, 1.0),
     precision: str = "fp32",
     callback: StepCallback | None = None,
@@ -118,17 +83,15 @@ def sample(
     if use_cfg and uncond is None:
         raise ValueError("guidance_scale != 1 needs an unconditional (empty or negative) conditioning")
 
-    cond = cond.expand(batch)
-    if use_cfg:
-        context, key_mask = concat_conditionings(uncond.expand(batch), cond)
-    else:
-        context, key_mask = cond.context, cond.key_mask
+    cond = match_batch(cond, batch, "cond")
+    text = concat_conditionings(match_batch(uncond, batch, "uncond"), cond) if use_cfg else cond
     dtype = next(unet.parameters()).dtype
     with autocast(device, precision):
-        prepared = unet.prepare_context(context.to(device, dtype), None if key_mask is None else key_mask.to(device))
+        prepared = unet.prepare_context(text.context.to(device, dtype),
+                                        None if text.key_mask is None else text.key_mask.to(device))
 
     stochastic = sampler == "ddpm" or eta > 0
-    generators = [torch.Generator().manual_seed(s) for s in (step_seeds or noise_fingerprint_seeds(noise))] if stochastic else []
+    generators = [torch.Generator().manual_seed(s) for s in noise_fingerprint_seeds(noise)] if stochastic else []
 
     x = noise.float()
     pairs = schedule.step_pairs(steps, sampler)

@@ -16,15 +16,16 @@ import json
 import os
 import socket
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 
+from .conditioning import Conditioning, EncodedText
 from .data.cache import module_digest
-from .sampler import Conditioning
+from .files import state_dict_problems
 
 # A small text tower for models trained from scratch on a CPU. CLIP's BPE vocabulary ships inside open_clip.
 TINY_TEXT_CONFIG = dict(context_length=77, vocab_size=49408, width=256, heads=4, layers=4)
@@ -70,13 +71,9 @@ class TextEncoderSpec:
         return model_cfg["embed_dim"], text_cfg, model_cfg.get("quick_gelu", False) or self.quick_gelu
 
 
-@dataclass
-class EncodedText:
-    conditioning: Conditioning
-    truncated: list[bool] = field(default_factory=list)  # per prompt: was it cut to the context length?
-
-
 class FrozenCLIPTextEncoder(nn.Module):
+    """open_clip's text tower, frozen; implements `t2i_core.conditioning.TextEncoder`."""
+
     def __init__(self, spec: TextEncoderSpec, tower: nn.Module):
         super().__init__()
         import open_clip
@@ -195,15 +192,12 @@ def load_text_encoder_file(path, model_name: str = "custom", text_config: dict |
 
 
 def load_tower_weights(encoder: FrozenCLIPTextEncoder, state: dict[str, torch.Tensor], origin: str):
+    """Load a text tower's weights; keys the tower does not have (a full CLIP's extras) are ignored."""
     expected = encoder.tower.state_dict()
-    missing = sorted(set(expected) - set(state))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or wrong:
-        raise TextEncoderError(f"{origin} does not fit text encoder {encoder.spec.model_name}: "
-                               + (f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} " if missing else "")
-                               + (f"shape mismatch {wrong[:3]}" if wrong else "")
-                               + "; check the model name or config matches the file")
+    problems = state_dict_problems(expected, {k: v for k, v in state.items() if k in expected})
+    if problems:
+        raise TextEncoderError(f"{origin} does not fit text encoder {encoder.spec.model_name}: {', '.join(problems)}; "
+                               "check that the model name or config matches the file")
     encoder.tower.load_state_dict({k: state[k] for k in expected})
     encoder.freeze()
 

@@ -10,16 +10,14 @@ Never losing work:
 - Randomness is a pure function of (seed, step): data order, timesteps, noise, dropout and augmentation
   of step k come from generators seeded with (seed, k). A run resumed at step k therefore continues
   exactly as the uninterrupted run would, with no RNG state to save.
-- `<name>.t2istate` (safetensors) holds what resuming needs: weights, EMA, optimizer, step, history.
-  `<name>.safetensors` is the checkpoint to generate with (EMA weights). Both are written atomically,
-  state first, every `checkpoint_every` steps, at the end, on cancel and on an exception.
+- `<name>.t2istate` holds what resuming needs, `<name>.safetensors` is the checkpoint to generate with
+  (EMA weights); t2i_core.train_state has the files. Both are written atomically, state first, every
+  `checkpoint_every` steps, at the end, on cancel and on an exception.
 - A NaN/inf loss stops training before the bad step is applied; the last checkpoint stays intact.
 """
 from __future__ import annotations
 
 import copy
-import csv
-import json
 import math
 import os
 import time
@@ -30,22 +28,26 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import atomic_save_safetensors, prefixed, save_checkpoint, take
-from .codecs import Codec, PixelCodec
-from .data.cache import TensorCache, module_digest
-from .data.folder import CaptionedImages, fingerprint, load_dataset
+from .checkpoint import save_checkpoint
+from .codecs import PixelCodec
+from .conditioning import Codec, Conditioning, TextEncoder
+from .data.cache import TensorCache
+from .data.folder import CaptionedImages, augment, fingerprint, load_dataset
 from .devices import autocast, default_device, resolve_precision
+from .geometry import latent_shape
 from .pipeline import T2IModel
 from .sampler import make_noise, sample
 from .schedule import NoiseSchedule, ScheduleConfig
-from .text_encoder import FrozenCLIPTextEncoder
+from .train_state import (
+    TrainingError,
+    TrainState,
+    keep_snapshot,
+    load_train_state,
+    save_train_state,
+    state_path,
+    write_history_csv,
+)
 from .unet import PRESETS, TextConditionedUNet, preset_config
-
-STATE_SUFFIX = ".t2istate"
-
-
-class TrainingError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -68,7 +70,7 @@ class TrainConfig:
     min_snr_gamma: float = 5.0  # 0 disables Min-SNR weighting
     noise_offset: float = 0.0
     # v-prediction: on digits (tiny, 16 px, batch 64, lr 1e-3) 99.5% adherence at w=3 after 300 steps vs 81% for
-    # epsilon at 300 and 90.5% at 600, with a lower PCA Frechet distance (the issue-3 note has the runs)
+    # epsilon at 300 and 90.5% at 600, with a lower PCA Frechet distance (docs/QUALITY.md, "What moved it")
     prediction_type: str = "v_prediction"
     beta_schedule: str = "scaled_linear"
     precision: str = "auto"
@@ -138,11 +140,6 @@ class TrainResult:
     out_of_time: bool = False  # stopped because config.max_minutes of training time were spent
 
 
-def state_path(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.name[: -len(".safetensors")] + STATE_SUFFIX)
-
-
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     """A generator that depends only on (seed, step, stream): the root of exact resume."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + stream)
@@ -173,31 +170,37 @@ def check_writable(output: Path):
 class CaptionTable:
     """Every distinct caption's text states, encoded once (and cached on disk by content), as one padded tensor.
 
-    Row 0 is the empty prompt, which CFG dropout substitutes. Rows are cut to the longest real prompt:
-    the key mask hides the rest, so the cut changes no output and saves cross-attention work.
+    Row 0 is the empty prompt, which CFG dropout substitutes. Each caption keeps its real tokens only (up to
+    and including end-of-text) and the rows are padded to the longest: the key mask hides the padding, so this
+    changes no output and saves cross-attention work. Each caption is encoded alone, so its states are a
+    function of the encoder and the text only, whichever captions share the cache.
     """
 
-    def __init__(self, encoder: FrozenCLIPTextEncoder, captions: list[str], cache: TensorCache | None, device):
+    def __init__(self, encoder: TextEncoder, captions: list[str], cache: TensorCache | None, device):
         self.rows = {c: i for i, c in enumerate(dict.fromkeys(["", *captions]))}
-        states = []
-        for text in self.rows:
-            key = TensorCache.key("caption", encoder.identity, text)
-            hit = cache.get(key) if cache is not None else None
-            if hit is None:
-                hit = encoder.encode([text]).conditioning.context[0].cpu()
-                if cache is not None:
-                    cache.put(key, hit)
-            states.append(hit)
-        tokens, _ = encoder.tokenize(list(self.rows))
-        lengths = (tokens.argmax(-1) + 1).tolist()
-        length = max(lengths)
-        self.context = torch.stack([s[:length] for s in states]).to(device)
-        self.key_mask = (torch.arange(length)[None] < torch.tensor(lengths)[:, None]).to(device)
+        states = [self.encoded(encoder, text, cache) for text in self.rows]
+        lengths = torch.tensor([len(s) for s in states])
+        length = int(lengths.max())
+        self.context = torch.stack([F.pad(s, (0, 0, 0, length - len(s))) for s in states]).to(device)
+        self.key_mask = (torch.arange(length)[None] < lengths[:, None]).to(device)
 
-    def lookup(self, captions: list[str], drop: torch.Tensor):
+    @staticmethod
+    def encoded(encoder: TextEncoder, text: str, cache: TensorCache | None) -> torch.Tensor:
+        """The caption's real-token states (L, D), from the cache or the encoder."""
+        key = TensorCache.key("caption real-token states", encoder.identity, text)
+        hit = cache.get(key) if cache is not None else None
+        if hit is None:
+            cond = encoder.encode([text]).conditioning
+            real = cond.context.shape[1] if cond.key_mask is None else int(cond.key_mask[0].nonzero().max()) + 1
+            hit = cond.context[0, :real].float().cpu()
+            if cache is not None:
+                cache.put(key, hit)
+        return hit
+
+    def lookup(self, captions: list[str], drop: torch.Tensor) -> Conditioning:
         rows = torch.tensor([self.rows[c] for c in captions])
         rows = torch.where(drop, torch.zeros_like(rows), rows).to(self.context.device)
-        return self.context[rows], self.key_mask[rows]
+        return Conditioning(self.context[rows], self.key_mask[rows])
 
 
 def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -217,10 +220,11 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, text_encoder: FrozenCLIPTextEncoder, codec: Codec | None = None,
+    def __init__(self, cfg: TrainConfig, text_encoder: TextEncoder, codec: Codec | None = None,
                  device=None, callbacks: TrainCallbacks | None = None):
         self.cfg = cfg
         self.cb = callbacks or TrainCallbacks()
+        self.log = self.cb.log or (lambda message: None)
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = resolve_precision(cfg.precision, self.device)
         self.output = Path(cfg.output)
@@ -228,20 +232,22 @@ class Trainer:
         self.text_encoder = text_encoder.to(self.device)
         self.codec = (codec or PixelCodec()).to(self.device)
 
-        log = self.cb.log or (lambda m: None)
+        unet_cfg = preset_config(cfg.preset, in_channels=self.codec.channels, out_channels=self.codec.channels,
+                                 context_dim=self.text_encoder.width)
+        try:
+            self.latent_shape = latent_shape(cfg.resolution, cfg.resolution, channels=self.codec.channels,
+                                             codec_factor=self.codec.factor, unet_factor=unet_cfg.downsample_factor,
+                                             what=f"the training resolution (preset {cfg.preset}, this codec)")
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
         self.data: CaptionedImages = load_dataset(cfg.dataset, cfg.resolution, random_crop=cfg.random_crop,
-                                                  random_flip=cfg.random_flip, log=log)
+                                                  random_flip=cfg.random_flip, crop_step=self.codec.factor,
+                                                  log=self.log)
         self.cache = TensorCache(cfg.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "t2i-mini"))
         self.captions = CaptionTable(self.text_encoder, [c for cs in self.data.captions for c in cs], self.cache,
                                      self.device)
         self.latents = self.encode_latents() if not isinstance(self.codec, PixelCodec) else None
 
-        unet_cfg = preset_config(cfg.preset, in_channels=self.codec.channels, out_channels=self.codec.channels,
-                                 context_dim=self.text_encoder.width)
-        latent_res = cfg.resolution // self.codec.factor
-        if cfg.resolution % self.codec.factor or latent_res % unet_cfg.downsample_factor:
-            raise TrainingError(f"resolution {cfg.resolution} must be a multiple of "
-                                f"{self.codec.factor * unet_cfg.downsample_factor} for preset {cfg.preset} with this codec")
         self.schedule = NoiseSchedule(ScheduleConfig(prediction_type=cfg.prediction_type, beta_schedule=cfg.beta_schedule))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -257,11 +263,14 @@ class Trainer:
 
     # ---- data ----
     def encode_latents(self) -> torch.Tensor:
-        """Each image's latent, encoded once and cached by (codec, image content, resolution)."""
-        codec_id = module_digest(self.codec, json.dumps(self.codec.spec, sort_keys=True, default=str))
+        """Each stored image's latent, encoded once and cached by (codec, image content, stored size).
+
+        With random_crop the stored squares are larger than the resolution (by a whole number of latent
+        cells), and `batch` crops each step's windows from their latents."""
         out = []
+        size = self.data.images.shape[-1]
         for i, digest in enumerate(self.data.digests):
-            key = TensorCache.key("latent", codec_id, digest, str(self.data.resolution))
+            key = TensorCache.key("latent", self.codec.identity, digest, str(size))
             z = self.cache.get(key)
             if z is None:
                 image = self.data.images[i: i + 1].float().div(255)
@@ -271,32 +280,31 @@ class Trainer:
         return torch.stack(out).to(self.device)
 
     def batch(self, step: int, micro: int):
+        """(x0, text, t, noise) of micro-batch `micro` of optimizer step `step`: a function of (seed, step, micro)."""
         cfg = self.cfg
         k = step * cfg.grad_accum + micro
         positions = batch_positions(len(self.data), cfg.batch_size, cfg.seed, k)
         gen = step_generator(cfg.seed, k, 0)
         if self.latents is not None:
             x0 = self.latents[torch.as_tensor(self.data.index)[positions].to(self.device)]
-            if cfg.random_flip:
-                flip = (torch.rand(len(positions), generator=gen) < 0.5).to(self.device)
-                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            x0 = augment(x0, self.latent_shape[-1], gen, cfg.random_crop, cfg.random_flip)
         else:
             x0 = self.codec.encode(self.data.batch(positions, gen).to(self.device))
         captions = self.data.pick_captions(positions, gen)
         drop = torch.rand(len(captions), generator=gen) < cfg.cfg_dropout
-        context, key_mask = self.captions.lookup(captions, drop)
+        text = self.captions.lookup(captions, drop)
         t = torch.randint(0, self.schedule.num_train_timesteps, (len(captions),), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         if cfg.noise_offset:
             noise = noise + cfg.noise_offset * torch.randn(*x0.shape[:2], 1, 1, generator=gen)
-        return x0, context, key_mask, t.to(self.device), noise.to(self.device)
+        return x0, text, t.to(self.device), noise.to(self.device)
 
     # ---- one optimizer step ----
     def loss(self, step: int, micro: int) -> torch.Tensor:
-        x0, context, key_mask, t, noise = self.batch(step, micro)
+        x0, text, t, noise = self.batch(step, micro)
         x_t = self.schedule.q_sample(x0, t, noise)
         with autocast(self.device, self.precision):
-            pred = self.train_forward(x_t, t, context, key_mask)
+            pred = self.train_forward(x_t, t, text.context, text.key_mask)
         per_sample = F.mse_loss(pred.float(), self.schedule.target(x0, t, noise), reduction="none").mean(dim=(1, 2, 3))
         if self.cfg.min_snr_gamma > 0:
             per_sample = per_sample * min_snr_weight(self.schedule, t, self.cfg.min_snr_gamma).to(per_sample)
@@ -338,43 +346,15 @@ class Trainer:
                 "last_loss": self.history[-1]["loss"] if self.history else None, "train_seconds": round(self.elapsed_s, 1)}
 
     def save(self):
-        opt_state = self.opt.state_dict()
-        tensors = {**prefixed("unet", self.unet.state_dict()), **prefixed("ema", self.ema.state_dict())}
-        for pid, s in opt_state["state"].items():
-            for name, value in s.items():
-                tensors[f"opt.{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-        meta = {"format": "t2i-mini-train-state", "step": str(self.step), "config": json.dumps(asdict(self.cfg)),
-                "history": json.dumps(self.history), "elapsed_s": str(self.elapsed_s),
-                "opt_param_groups": json.dumps(opt_state["param_groups"])}
-        atomic_save_safetensors(tensors, meta, state_path(self.output))
-        save_checkpoint(self.output, self.model(), ema_state=None, training=self.summary())
-        self.write_history_csv()
-        self.keep_snapshot()
-
-    def keep_snapshot(self):
-        if self.cfg.keep_last <= 0:
-            return
-        stem = self.output.name[: -len(".safetensors")]
-        snapshot = self.output.with_name(f"{stem}-step{self.step:06d}.safetensors")
-        if snapshot.exists():
-            return
-        os.link(self.output, snapshot) if hasattr(os, "link") else snapshot.write_bytes(self.output.read_bytes())
-        old = sorted(self.output.parent.glob(f"{stem}-step[0-9]*.safetensors"))
-        for path in old[: -self.cfg.keep_last]:
-            path.unlink()
-
-    def write_history_csv(self):
-        path = self.output.with_name(self.output.name[: -len(".safetensors")] + ".loss.csv")
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["step", "loss", "lr"])
-            writer.writeheader()
-            writer.writerows(self.history)
-        os.replace(tmp, path)
+        save_train_state(state_path(self.output), TrainState(
+            step=self.step, config=asdict(self.cfg), history=self.history, elapsed_s=self.elapsed_s,
+            unet=self.unet.state_dict(), ema=self.ema.state_dict(), optimizer=self.opt.state_dict()))
+        save_checkpoint(self.output, self.model(), training=self.summary())
+        write_history_csv(self.output, self.history)
+        keep_snapshot(self.output, self.step, self.cfg.keep_last)
 
     def resume_or_start(self):
         path = state_path(self.output)
-        log = self.cb.log or (lambda m: None)
         if not self.cfg.resume:
             if self.output.exists() or path.exists():
                 raise TrainingError(f"{self.output} already exists and resume is off; turn resume on to continue "
@@ -385,29 +365,24 @@ class Trainer:
                 raise TrainingError(f"{self.output} exists but has no training state ({path.name}) to resume from; "
                                     "choose another checkpoint name")
             return
-        tensors, meta = read_train_state(path)
-        saved_cfg = json.loads(meta["config"])
-        changed = [f"{k}: {saved_cfg.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in TrainConfig.ARCHITECTURE_FIELDS
-                   if saved_cfg.get(k) != getattr(self.cfg, k)]
+        state = load_train_state(path)
+        changed = [f"{k}: {state.config.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in TrainConfig.ARCHITECTURE_FIELDS
+                   if state.config.get(k) != getattr(self.cfg, k)]
         if changed:
             raise TrainingError(f"cannot resume {self.output}: it was trained with different settings ({'; '.join(changed)}). "
                                 "Use the same settings, or choose another checkpoint name")
         try:
-            self.unet.load_state_dict(take(tensors, "unet"))
-            self.ema.load_state_dict(take(tensors, "ema"))
-            groups = json.loads(meta["opt_param_groups"])
-            state: dict = {}
-            for key, value in tensors.items():
-                if key.startswith("opt."):
-                    _, pid, name = key.split(".", 2)
-                    state.setdefault(int(pid), {})[name] = value.to(self.device) if name != "step" else value
-            self.opt.load_state_dict({"state": state, "param_groups": groups})
+            self.unet.load_state_dict(state.unet)
+            self.ema.load_state_dict(state.ema)
+            for entries in state.optimizer["state"].values():
+                for name, value in entries.items():
+                    if name != "step":  # AdamW keeps its step count on the CPU
+                        entries[name] = value.to(self.device)
+            self.opt.load_state_dict(state.optimizer)
         except (RuntimeError, KeyError, ValueError) as e:
             raise TrainingError(f"cannot resume from {path}: {e}; choose another checkpoint name") from e
-        self.step = int(meta["step"])
-        self.history = json.loads(meta["history"])
-        self.elapsed_s = float(meta.get("elapsed_s", 0))
-        log(f"resumed {self.output.name} at step {self.step}")
+        self.step, self.history, self.elapsed_s = state.step, state.history, state.elapsed_s
+        self.log(f"resumed {self.output.name} at step {self.step}")
 
     # ---- the loop ----
     def validate(self):
@@ -415,8 +390,7 @@ class Trainer:
             return
         prompts = self.cfg.validation_prompts
         cond = self.text_encoder.encode(prompts).conditioning
-        shape = (self.codec.channels, self.cfg.resolution // self.codec.factor, self.cfg.resolution // self.codec.factor)
-        noise = make_noise(range(len(prompts)), shape, device=self.device)
+        noise = make_noise(range(len(prompts)), self.latent_shape, device=self.device)
         z = sample(self.ema, self.schedule, noise, cond, self.text_encoder.empty(), steps=self.cfg.validation_steps,
                    guidance_scale=self.cfg.validation_guidance, precision=self.precision)
         with torch.inference_mode():
@@ -435,7 +409,7 @@ class Trainer:
                 # the budget counts all training time of this checkpoint, resumed runs included
                 if cfg.max_minutes and self.elapsed_s + time.perf_counter() - t0 >= cfg.max_minutes * 60:
                     stopped = out_of_time = True
-                    (self.cb.log or (lambda m: None))(f"time budget of {cfg.max_minutes:g} min reached at step {self.step}")
+                    self.log(f"time budget of {cfg.max_minutes:g} min reached at step {self.step}")
                     break
                 loss = self.train_step()
                 lr = self.opt.param_groups[0]["lr"]
@@ -468,81 +442,6 @@ class Trainer:
         return TrainResult(self.model(), self.output, self.step, stopped, self.history, out_of_time)
 
 
-def read_train_state(path: Path):
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open, not a dict)
-    except Exception as e:
-        raise TrainingError(f"{path} is not a readable training state (corrupt?): {e}; "
-                            "choose another checkpoint name") from e
-    if meta.get("format") != "t2i-mini-train-state":
-        raise TrainingError(f"{path} is not a Text-to-Image Mini training state")
-    return tensors, meta
-
-
-def train(config: TrainConfig, text_encoder: FrozenCLIPTextEncoder, codec: Codec | None = None, *, device=None,
+def train(config: TrainConfig, text_encoder: TextEncoder, codec: Codec | None = None, *, device=None,
           callbacks: TrainCallbacks | None = None) -> TrainResult:
     return Trainer(config, text_encoder, codec, device, callbacks).run()
-
-
-def loss_curve_image(history: list[dict], width: int = 512, height: int = 256) -> torch.Tensor:
-    """The loss history drawn as an image (3, H, W) in 0..1: raw losses in grey, a moving average in blue."""
-    from PIL import Image, ImageDraw
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    pad = 24
-    draw.rectangle([pad, pad // 2, width - pad // 2, height - pad], outline="black")
-    losses = [h["loss"] for h in history if math.isfinite(h["loss"])]
-    if len(losses) >= 2:
-        window = max(1, len(losses) // 50)
-        smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
-                  for i in range(len(losses))]
-        lo, hi = min(losses), max(losses)
-        span = hi - lo or 1.0
-
-        def point(i, v):
-            x = pad + (width - 1.5 * pad) * i / (len(losses) - 1)
-            y = (height - pad) - (height - 1.5 * pad) * (v - lo) / span
-            return x, y
-        draw.line([point(i, v) for i, v in enumerate(losses)], fill=(190, 190, 190))
-        draw.line([point(i, v) for i, v in enumerate(smooth)], fill=(30, 90, 200), width=2)
-        draw.text((pad + 4, pad // 2 + 2), f"loss {smooth[-1]:.4f} at step {history[-1]['step']}", fill="black")
-        draw.text((2, height - pad + 4), f"{lo:.3g}..{hi:.3g}", fill="black")
-    else:
-        draw.text((pad + 4, height // 2), "no loss history yet", fill="black")
-    return torch.from_numpy(__import__("numpy").asarray(img).copy()).permute(2, 0, 1).float() / 255
-
-
-def main(argv=None):
-    """python -m t2i_core.train --dataset DIR --output model.safetensors [--steps N ...]"""
-    import argparse
-
-    from .text_encoder import tiny_text_encoder
-    p = argparse.ArgumentParser(description="Train a Text-to-Image Mini model from a folder of captioned images.")
-    for f in fields(TrainConfig):
-        if f.name == "validation_prompts":
-            p.add_argument("--validation-prompt", action="append", dest="validation_prompts", default=[])
-        elif f.type in ("bool",):
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=lambda s: s.lower() in ("1", "true", "yes", "on"),
-                           default=f.default)
-        elif f.name in ("dataset", "output"):
-            p.add_argument(f"--{f.name}", required=True)
-        else:
-            caster = {"int": int, "float": float}.get(str(f.type), str)
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=caster, default=f.default)
-    p.add_argument("--text-encoder-seed", type=int, default=0)
-    args = vars(p.parse_args(argv))
-    encoder = tiny_text_encoder(args.pop("text_encoder_seed"))
-    cfg = TrainConfig(**args)
-
-    def show(pr: Progress):
-        if pr.step % 25 == 0 or pr.step == pr.total:
-            print(f"step {pr.step}/{pr.total} loss {pr.loss:.4f} {pr.images_per_s:.0f} img/s eta {pr.eta_s:.0f}s", flush=True)
-    result = train(cfg, encoder, callbacks=TrainCallbacks(on_progress=show, log=print))
-    print(f"saved {result.checkpoint} at step {result.step}")
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,7 @@ The layout follows Stable Diffusion's U-Net, cut down to what a small model need
             -> [concat skip, ResBlock (+ Transformer)] x (n+1), Upsample   (per level, reversed)
             -> GroupNorm, SiLU, conv_out
 
-Three choices differ from the seed's sketch, on purpose:
+Three choices matter for a small model:
 - the context is the text encoder's per-token states (B, L, D), not one pooled vector, so each
   image position can attend to the words that concern it;
 - GroupNorm uses the largest group count <= 32 that divides the channels, so any width works;

@@ -1,23 +1,25 @@
-"""Shared test setup: make `t2i_core` and `bench` importable from the repo root.
+"""Shared test setup. The repo root and tests/ are on sys.path through pytest's `pythonpath` setting
+(pyproject.toml), so tests import t2i_core, evals, bench, scripts and t2i_test_utils by name."""
 
-With --import-mode=importlib pytest does not put the repo root on sys.path.
-"""
-
-import sys
-from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-TESTS_DIR = Path(__file__).resolve().parent
-if str(TESTS_DIR) not in sys.path:  # for the shared helpers in t2i_test_utils.py
-    sys.path.insert(0, str(TESTS_DIR))
-
-import pytest  # noqa: E402
-from t2i_test_utils import make_test_model  # noqa: E402
+import pytest
+from t2i_test_utils import make_test_model
 
 
 @pytest.fixture
 def test_model():
     return make_test_model()
+
+
+@pytest.fixture(scope="session")
+def comfy_pack():
+    """The pack imported inside this process with ComfyUI's modules (tests/comfy_inprocess.py). Skips where
+    ComfyUI is not set up, except in CI, where that is a broken pipeline."""
+    import os
+
+    from comfy_inprocess import import_pack
+    try:
+        return import_pack()
+    except RuntimeError as e:
+        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
+            pytest.fail(str(e), pytrace=False)
+        pytest.skip(str(e))

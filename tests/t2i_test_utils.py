@@ -1,7 +1,7 @@
 """Helpers shared by the unit tests."""
 import torch
 
-from bench.common import randomize_zero_layers  # noqa: F401 (re-exported for the tests)
+from evals.models import randomize_zero_layers
 
 # A text tower small enough that tests build it in milliseconds; CLIP's real tokenizer and context length.
 TEST_TEXT_CONFIG = dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)

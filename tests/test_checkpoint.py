@@ -39,15 +39,6 @@ def test_file_is_plain_safetensors_with_json_metadata(test_model, tmp_path):
     json.loads(raw[8:8 + header_len])
 
 
-def test_ema_weights_are_used_by_default(test_model, tmp_path):
-    path = tmp_path / "m.safetensors"
-    ema = {k: v + 0.01 for k, v in test_model.unet.state_dict().items()}
-    save_checkpoint(path, test_model, ema_state=ema)
-    assert torch.equal(load_checkpoint(path).unet.state_dict()["conv_in.weight"], ema["conv_in.weight"])
-    raw = load_checkpoint(path, use_ema=False)
-    assert torch.equal(images(raw), images(test_model))
-
-
 def test_vae_codec_travels_inside_the_checkpoint(test_model, tmp_path):
     from t2i_test_utils import randomize_zero_layers
     from test_codecs import TINY_VAE

@@ -17,7 +17,7 @@ def test_pixel_codec_round_trip():
     z = c.encode(img)
     assert z.min() >= -1 and z.max() <= 1
     torch.testing.assert_close(c.decode(z), img)
-    assert torch.equal(c.from_comfy(c.to_comfy(z)), z)
+    assert torch.equal(c.scale(c.unscale(z)), z)
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +26,15 @@ def vae():
     return vae_from_config(TINY_VAE)
 
 
-def test_vae_codec_shapes_scaling_and_comfy_convention(vae):
+def test_vae_codec_shapes_and_scaling(vae):
     assert vae.factor == 2 and vae.channels == 4 and vae.scaling_factor == 0.5
     img = torch.rand(2, 3, 16, 16)
     z = vae.encode(img)
     assert z.shape == (2, 4, 8, 8)
     raw = vae.vae.encode(img * 2 - 1).latent_dist.mean
     torch.testing.assert_close(z, raw * 0.5)  # model space = scaled
-    torch.testing.assert_close(vae.to_comfy(z), raw)  # ComfyUI's LATENT = unscaled
-    torch.testing.assert_close(vae.from_comfy(vae.to_comfy(z)), z)
+    torch.testing.assert_close(vae.unscale(z), raw)  # the raw latent, what ComfyUI's LATENT holds
+    torch.testing.assert_close(vae.scale(vae.unscale(z)), z)
     out = vae.decode(z)
     assert out.shape == img.shape and out.min() >= 0 and out.max() <= 1
 

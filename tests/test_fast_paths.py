@@ -1,6 +1,6 @@
 """Every fast path in t2i_core's U-Net and sampler gives the plain computation's numbers.
 
-The plain computation is bench/seed_reference.py: the U-Net written out op by op from its weights with
+The plain computation is evals/seed_reference.py: the U-Net written out op by op from its weights with
 manual attention, and the seed's sampler (two forward passes per guided step, the text's keys and values
 projected in every block, the whole padded context). Fast paths checked here:
 - batched classifier-free guidance, with x shared by [uncond; cond] (work before the first cross-attention
@@ -16,10 +16,11 @@ import pytest
 import torch
 from t2i_test_utils import randomize_zero_layers
 
-from bench.seed_reference import prepare_kv, reference_forward, reference_sample
+from evals.seed_reference import prepare_kv, reference_forward, reference_sample
 from t2i_core import unet as unet_module
+from t2i_core.conditioning import Conditioning, concat_conditionings
 from t2i_core.devices import bf16_supported
-from t2i_core.sampler import Conditioning, concat_conditionings, make_noise, sample
+from t2i_core.sampler import make_noise, sample
 from t2i_core.schedule import NoiseSchedule
 from t2i_core.unet import TextConditionedUNet, UNetConfig, attention, trim_padding, use_matmul_attention
 
@@ -207,8 +208,9 @@ def test_sampler_equals_seed_style_two_passes():
 
 def test_reference_kv_cache_equals_prepare_context():
     unet = small_unet()
-    ctx, mask = concat_conditionings(Conditioning(*masked_context(batch=1, real=(3,))),
-                                     Conditioning(*masked_context(batch=1, real=(6,), seed=2)))
+    both = concat_conditionings(Conditioning(*masked_context(batch=1, real=(3,))),
+                                Conditioning(*masked_context(batch=1, real=(6,), seed=2)))
+    ctx, mask = both.context, both.key_mask
     c_ref, m_ref, kvs_ref = prepare_kv(unet, ctx, mask)
     prepared = unet.prepare_context(ctx, mask)
     torch.testing.assert_close(prepared.context, c_ref)

@@ -1,4 +1,4 @@
-"""Sanity checks of the benchmark judges on real data: they must pass the
+"""Sanity checks of the judges (evals/) on real data: they must pass the
 real images and fail mismatched captions, or their scores mean nothing."""
 
 import sys
@@ -7,15 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.judges import (
-    DigitsJudge,
-    detect_shape,
-    frechet_distance,
-    judge_shapes,
-    mean_pairwise_distance,
-    pca_features,
-    summarize_judgements,
-)
+from evals.digits import DigitsJudge
+from evals.distances import frechet_distance, mean_pairwise_distance, pca_features
+from evals.shapes import detect_shape, judge_shapes, summarize_judgements
 from t2i_core.data import digits_caption, generate_shapes, load_digits_arrays
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from t2i_core.sampler import Conditioning, make_noise, rescale_guidance, sample
+from t2i_core.conditioning import Conditioning, match_batch
+from t2i_core.sampler import make_noise, rescale_guidance, sample
 
 
 def run(model, prompts, seeds, **kw):
@@ -49,7 +50,7 @@ def test_batched_cfg_equals_two_passes(test_model):
     with torch.inference_mode():
         for t, t_prev in m.schedule.step_pairs(4, "ddim"):
             tt = torch.tensor([t])
-            u = uncond.expand(2)
+            u = match_batch(uncond, 2)
             e_c, e_u = m.unet(x, tt, cond.context, cond.key_mask), m.unet(x, tt, u.context, u.key_mask)
             x, _ = m.schedule.ddim_step(e_u + w * (e_c - e_u), x, t, t_prev)
     torch.testing.assert_close(fast, x, atol=1e-4, rtol=1e-4)
@@ -99,7 +100,7 @@ def test_missing_uncond_and_bad_batch_are_clear_errors(test_model):
     with pytest.raises(ValueError, match="one per image"):
         sample(m.unet, m.schedule, make_noise([0, 1, 2], (3, 8, 8)), cond, m.text_encoder.empty(), steps=2)
     with pytest.raises(ValueError, match="sampler must be"):
-        sample(m.unet, m.schedule, make_noise([0], (3, 8, 8)), cond.expand(2), None, sampler="euler", steps=2)
+        sample(m.unet, m.schedule, make_noise([0], (3, 8, 8)), match_batch(cond, 2), None, sampler="euler", steps=2)
 
 
 def test_conditionings_of_different_lengths_are_padded_and_masked(test_model):

@@ -5,17 +5,17 @@ from t2i_test_utils import TEST_TEXT_CONFIG
 from t2i_core import TextEncoderSpec, build_text_encoder, load_checkpoint
 from t2i_core.data import make_shapes_dataset
 from t2i_core.data.cache import TensorCache
+from t2i_core.plot import loss_curve_image
 from t2i_core.train import (
     CaptionTable,
     TrainCallbacks,
     TrainConfig,
     Trainer,
     TrainingError,
-    loss_curve_image,
     min_snr_weight,
-    state_path,
     train,
 )
+from t2i_core.train_state import state_path
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +124,9 @@ def test_unwritable_output_fails_before_training(shapes, encoder, tmp_path):
 
 def test_snapshots_keep_last_k(shapes, encoder, tmp_path):
     train(config(shapes, tmp_path, steps=8, checkpoint_every=2, keep_last=2), encoder, device="cpu")
-    names = sorted(p.name for p in (tmp_path / "out").glob("m-step*.safetensors"))
+    names = sorted(p.name for p in (tmp_path / "out" / "snapshots" / "m").glob("m-step*.safetensors"))
     assert names == ["m-step000006.safetensors", "m-step000008.safetensors"]
+    assert not list((tmp_path / "out").glob("m-step*"))  # beside the finished model, only the model
     assert (tmp_path / "out" / "m.loss.csv").read_text().count("\n") == 9
 
 
@@ -145,7 +146,8 @@ def test_captions_are_encoded_once_and_cached(shapes, encoder, tmp_path, monkeyp
     monkeypatch.setattr(encoder, "encode", lambda p: calls.append(p) or real(p))
     table = CaptionTable(encoder, ["a", "b"], cache, "cpu")
     assert calls == []
-    ctx, mask = table.lookup(["a", "b"], torch.tensor([False, True]))
+    text = table.lookup(["a", "b"], torch.tensor([False, True]))
+    ctx, mask = text.context, text.key_mask
     torch.testing.assert_close(ctx[1], table.context[0])  # dropped caption -> the empty prompt's row
     assert mask[1].sum() == 2 and mask[0].sum() == 3
 
@@ -162,6 +164,23 @@ def test_vae_codec_latents_are_cached(shapes, encoder, tmp_path):
     cached = sum(1 for _ in (tmp_path / "cache").rglob("*.safetensors"))
     Trainer(config(shapes, tmp_path / "again", steps=2, cache_dir=cfg.cache_dir), encoder, vae, device="cpu")
     assert sum(1 for _ in (tmp_path / "cache").rglob("*.safetensors")) == cached
+    assert trainer.run().step == 2
+
+
+def test_random_crop_with_a_vae_crops_latents_to_the_training_size(shapes, encoder, tmp_path):
+    from test_codecs import TINY_VAE
+
+    from t2i_core.codecs import vae_from_config
+    torch.manual_seed(0)
+    vae = vae_from_config(TINY_VAE)  # factor 2: 16 px images are 8x8 latents
+    trainer = Trainer(config(shapes, tmp_path, steps=2, resolution=16, random_crop=True), encoder, vae, device="cpu")
+    stored = trainer.latents.shape[-1]
+    assert stored > 8  # latents of the larger stored squares, so each step can crop another window
+    x0 = trainer.batch(0, 0)[0]
+    assert x0.shape[1:] == (4, 8, 8)
+    windows = [trainer.latents[i][:, y:y + 8, x:x + 8] for i in range(len(trainer.latents))
+               for y in range(stored - 7) for x in range(stored - 7)]
+    assert any(torch.equal(x0[0], w) for w in windows)  # a window of some image's latent, not a resized one
     assert trainer.run().step == 2
 
 

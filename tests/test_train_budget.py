@@ -4,6 +4,7 @@ import torch
 from t2i_test_utils import TEST_TEXT_CONFIG
 
 from t2i_core import TextEncoderSpec, build_text_encoder, load_checkpoint
+from t2i_core import __main__ as cli
 from t2i_core import train as train_module
 from t2i_core.data import make_shapes_dataset
 from t2i_core.train import TrainCallbacks, TrainConfig, train
@@ -89,7 +90,7 @@ def test_budget_must_not_be_negative(shapes, tmp_path):
 
 def test_cli_accepts_max_minutes(shapes, tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(train_module, "train", lambda cfg, encoder, **kw: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(SystemExit(0)))
+    monkeypatch.setattr(cli, "train", lambda cfg, encoder, **kw: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(SystemExit(0)))
     with pytest.raises(SystemExit):
-        train_module.main(["--dataset", str(shapes), "--output", str(tmp_path / "m.safetensors"), "--max-minutes", "2.5"])
+        cli.main(["train", "--dataset", str(shapes), "--output", str(tmp_path / "m.safetensors"), "--max-minutes", "2.5"])
     assert seen["cfg"].max_minutes == 2.5

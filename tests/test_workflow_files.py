@@ -5,11 +5,12 @@ twin, which the integration tests run. Each pair must describe the same graph: s
 same widget values in the order the frontend stores them (scripts/workflow_node_specs.json, which
 tests/integration/test_workflows.py checks against a live server).
 """
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from scripts import make_ui_workflows as gen
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
@@ -17,14 +18,6 @@ API_DIR = WORKFLOWS / "api"
 REQUIRED = {"text_to_image", "train_from_dataset", "guidance_sweep"}
 
 
-def load_generator():
-    spec = importlib.util.spec_from_file_location("make_ui_workflows", ROOT / "scripts" / "make_ui_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = load_generator()
 SPECS = gen.load_specs()
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 API_FILES = sorted(API_DIR.glob("*.json"))
@@ -100,7 +93,7 @@ def test_ui_links_table_matches_node_slots(path):
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
 def test_committed_ui_file_is_what_the_generator_writes(path):
-    # Edit workflows/api/<name>.json, then run `python scripts/make_ui_workflows.py`.
+    # Edit workflows/api/<name>.json, then run `python -m scripts.make_ui_workflows`.
     expected = gen.dump(gen.api_to_ui(path.stem, read(API_DIR / path.name), SPECS))
     assert path.read_text(encoding="utf-8") == expected
 

@@ -32,7 +32,7 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 CAPTION_COLUMNS = ("text", "caption")  # the first one present in a metadata row is used
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")  # kohya: "10_cat" repeats its images 10 times
-RANDOM_CROP_MARGIN = 1.125  # random_crop stores squares this much larger than the crop
+RANDOM_CROP_MARGIN = 1.125  # random_crop stores squares about this much larger than the crop
 
 # Reasons a file is skipped. The text before ":" groups them in error summaries.
 NO_CAPTION = "no .txt caption"
@@ -286,21 +286,12 @@ class CaptionedImages:
 
         Random crop and flip (when enabled) are drawn from `generator`, so the
         same generator state gives the same batch. With generator=None there is
-        no augmentation: the center crop, unflipped (e.g. for caching latents).
+        no augmentation: the center crop, unflipped.
         """
-        items = self._items(positions)
-        images = self.images[items]
-        size, r = images.shape[-1], self.resolution
-        if generator is not None and self.random_crop and size > r:
-            corners = torch.randint(0, size - r + 1, (len(items), 2), generator=generator)
-            images = torch.stack([img[:, y:y + r, x:x + r] for img, (y, x) in zip(images, corners.tolist())])
-        elif size > r:
-            start = (size - r) // 2
-            images = images[:, :, start:start + r, start:start + r]
-        if generator is not None and self.random_flip:
-            flip = torch.rand(len(items), generator=generator) < 0.5
-            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        return images.float() / 255.0
+        images = self.images[self._items(positions)]
+        augmenting = generator is not None
+        return augment(images, self.resolution, generator, self.random_crop and augmenting,
+                       self.random_flip and augmenting).float() / 255.0
 
     def pick_captions(self, positions: torch.Tensor | Sequence[int], generator: torch.Generator) -> list[str]:
         """One caption per position, chosen uniformly among the item's captions with `generator`."""
@@ -320,22 +311,43 @@ class CaptionedImages:
         return torch.as_tensor(self.index, dtype=torch.long)[positions]
 
 
+def augment(x: torch.Tensor, size: int, generator: torch.Generator | None, crop: bool, flip: bool) -> torch.Tensor:
+    """Random square crops of side `size` and random horizontal flips of a batch (B, C, S, S), drawn from
+    `generator` in that order; without crop, the centre. The one augmentation, for images and for latents."""
+    stored = x.shape[-1]
+    if crop and stored > size:
+        corners = torch.randint(0, stored - size + 1, (len(x), 2), generator=generator).tolist()
+        x = torch.stack([img[:, y:y + size, c:c + size] for img, (y, c) in zip(x, corners)])
+    elif stored > size:
+        start = (stored - size) // 2
+        x = x[:, :, start:start + size, start:start + size]
+    if flip:
+        mask = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
+        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+    return x
+
+
 def load_dataset(
     folder: str | Path,
     resolution: int,
     *,
     random_crop: bool = False,
     random_flip: bool = False,
+    crop_step: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> CaptionedImages:
     """Decode every captioned image in `folder` to RGB, shorter side resized to
     `resolution` and center-cropped square. With random_crop the stored square
-    is round(resolution * 1.125) so `batch` can crop a different window each time."""
+    is about resolution * 1.125, rounded up to a multiple of `crop_step` (a
+    VAE's factor: its latents are then cropped whole cells at a time), so each
+    step can crop a different window."""
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
         raise DatasetError(f"resolution must be a positive integer number of pixels, got {resolution!r}")
     log = log or (lambda message: None)
     scan = scan_dataset(folder, verify_images=False)  # the decode below is the real check
-    stored_size = round(resolution * RANDOM_CROP_MARGIN) if random_crop else resolution
+    stored_size = resolution
+    if random_crop:
+        stored_size = -(-round(resolution * RANDOM_CROP_MARGIN) // crop_step) * crop_step
 
     images, captions, digests, paths, repeats = [], [], [], [], []
     skipped = list(scan.skipped)

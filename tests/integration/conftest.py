@@ -1,23 +1,17 @@
 """Fixtures for tests that run the pack inside a real ComfyUI server.
 
-Tests get the running server through the session-scoped ``comfy`` fixture
-(a comfy_harness.ComfyServer from scripts/, which the demo and bench use too); helpers are
-importable as ``from comfy_harness import ...`` because scripts/ and this folder are put on sys.path
-(with --import-mode=importlib, test folders are not added automatically).
+Tests get the running server through the session-scoped ``comfy`` fixture (a scripts.comfy_harness.ComfyServer,
+which the demo and bench use too).
 """
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-for folder in (HERE, HERE.parents[1] / "scripts"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+from scripts.comfy_harness import COMFYUI_DIR, ComfyServer, comfyui_is_set_up
 
-from comfy_harness import COMFYUI_DIR, ComfyServer, comfyui_is_set_up  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def _in_ci() -> bool:

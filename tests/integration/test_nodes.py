@@ -9,7 +9,8 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from comfy_harness import PACK_NAME, execution_error
+
+from scripts.comfy_harness import PACK_NAME, execution_error
 
 EXPECTED_NODES = {
     "T2IMiniCheckpointLoader", "T2IMiniTinyTextEncoder", "T2IMiniOpenCLIPTextEncoder", "T2IMiniTextEncoderFile",

@@ -3,7 +3,8 @@
 import re
 
 import pytest
-from comfy_harness import PACK_NAME, REPO_ROOT, PromptRejected
+
+from scripts.comfy_harness import PACK_NAME, REPO_ROOT, PromptRejected
 
 
 def empty_image_workflow(width: int, height: int, color: int, prefix: str) -> dict:

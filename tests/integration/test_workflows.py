@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -18,20 +17,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from comfy_harness import PACK_NAME, REPO_ROOT, free_port
+
+from scripts import make_ui_workflows as gen
+from scripts.comfy_harness import PACK_NAME, REPO_ROOT, free_port
 
 WORKFLOWS = REPO_ROOT / "workflows"
 API_DIR = WORKFLOWS / "api"
 
 
-def load_generator():
-    spec = importlib.util.spec_from_file_location("make_ui_workflows", REPO_ROOT / "scripts" / "make_ui_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = load_generator()
 
 
 def api_workflow(name: str) -> dict:
@@ -95,7 +88,7 @@ def test_node_specs_match_the_server(comfy):
     committed = gen.load_specs()
     info = comfy.object_info()
     live = {node_type: gen.spec_from_object_info(info[node_type]) for node_type in committed}
-    assert live == committed, "node inputs changed: run python scripts/make_ui_workflows.py --refresh-specs"
+    assert live == committed, "node inputs changed: run python -m scripts.make_ui_workflows --refresh-specs"
     assert gen.used_types() <= set(committed)
 
 

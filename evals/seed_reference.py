@@ -1,19 +1,19 @@
-"""The seed design's way of sampling, on OUR U-Net's weights: the baseline that bench.sampler compares with.
+"""The design's plain way of sampling, on OUR U-Net's weights: the baseline that bench.sampler compares with.
 
-The seed (shared/seed/text-to-image-mini.md) runs classifier-free guidance as two forward passes per step
-(cond, then uncond) and computes every attention by hand, softmax(QK^T / sqrt(d)) V, projecting the text's
+The plain way, as the project's starting design sketched it, runs classifier-free guidance as two forward
+passes per step (cond, then uncond) and computes every attention by hand, softmax(QK^T / sqrt(d)) V, projecting the text's
 keys and values again in every block at every step, over the whole 77-token context. This module does
 exactly that with plain functional ops (F.conv2d, F.group_norm, F.linear, matmul, softmax) that read the
 weights of a `t2i_core.unet.TextConditionedUNet`. It never calls the modules' own forward methods, so
 optimisations made to t2i_core leave this baseline unchanged, and because the weights and the arithmetic
 are the same, its outputs equal t2i_core's to float tolerance (tests/test_fast_paths.py checks this).
 
-Masked tokens (padding after end-of-text) get a -inf score, as t2i_core does; that is the one thing the
-seed's sketch does not do, and it is needed for the outputs to be comparable.
+Masked tokens (padding after end-of-text) get a -inf score, as t2i_core does; the plain sketch has no mask,
+and without one the outputs would not be comparable.
 
 Options let bench.sampler add t2i_core's levers to this baseline one at a time:
     batched_cfg   one forward over [uncond; cond] instead of two passes
-    attention     "manual" (the seed) or "sdpa" (F.scaled_dot_product_attention)
+    attention     "manual" (by hand) or "sdpa" (F.scaled_dot_product_attention)
     cache_kv      project the text's K/V once per sampling run, cut to the longest real prompt
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from t2i_core.sampler import Conditioning, concat_conditionings
+from t2i_core.conditioning import Conditioning, concat_conditionings, match_batch
 from t2i_core.unet import Downsample, TextConditionedUNet, UNetStage, Upsample
 
 ATTENTION = ("manual", "sdpa")
@@ -150,13 +150,13 @@ def reference_forward(unet: TextConditionedUNet, x, t, context, key_mask=None, *
 def reference_sample(unet: TextConditionedUNet, schedule, noise: torch.Tensor, cond: Conditioning,
                      uncond: Conditioning, *, steps: int = 25, guidance_scale: float = 3.0,
                      batched_cfg: bool = False, mode: str = "manual", cache_kv: bool = False) -> torch.Tensor:
-    """Deterministic DDIM (eta=0) with classifier-free guidance, fp32, the seed's way unless options say otherwise."""
+    """Deterministic DDIM (eta=0) with classifier-free guidance, fp32, the plain way unless options say otherwise."""
     batch = noise.shape[0]
-    cond, uncond = cond.expand(batch), uncond.expand(batch)
+    cond, uncond = match_batch(cond, batch), match_batch(uncond, batch)
     if batched_cfg:
-        ctx, mask = concat_conditionings(uncond, cond)
-        passes = [(ctx, mask)]
-    else:  # the seed: cond and uncond each at full length, two passes
+        both = concat_conditionings(uncond, cond)
+        passes = [(both.context, both.key_mask)]
+    else:  # the plain way: cond and uncond each at full length, two passes
         passes = [(cond.context, cond.key_mask), (uncond.context, uncond.key_mask)]
     if cache_kv:
         passes = [prepare_kv(unet, c, m) for c, m in passes]

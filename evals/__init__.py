@@ -1,0 +1,10 @@
+"""Evaluation of generated images: the code that benchmarks and tests both rely on.
+
+    evals.shapes          judge_shapes: does a shapes sample show its caption's color, shape, position, size?
+    evals.digits          DigitsJudge: which digit does a digits sample show?
+    evals.distances       pca_features + frechet_distance (an FID for small images), mean_pairwise_distance
+    evals.seed_reference  the design's plain way of sampling (two passes per step, attention by hand) on our
+                          U-Net's weights: the baseline the sampler benchmark compares with
+
+Images are [B, 3, H, W] floats in 0..1, as torch tensors or numpy arrays.
+"""
