@@ -6,19 +6,20 @@ hashes of the content, so a changed file or setting gets a new key and stale
 entries are simply never read again; nothing needs invalidating.
 
 One safetensors file per key, in 256 subfolders named by the key's first two
-hex digits so no folder grows huge. Writes go to a temporary file that is then
-renamed into place, so a crash mid-write never leaves a half-written entry
-under a real key; a damaged file is treated as a miss and rewritten.
+hex digits so no folder grows huge. Entries are written atomically
+(t2i_core.files), so a crash mid-write never leaves a half-written entry under
+a real key, and processes sharing the folder never read one; a damaged file
+is treated as a miss and rewritten.
 """
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..files import atomic_write
 
 KEY = re.compile(r"^[0-9a-f]{64}$")
 TENSOR_NAME = "tensor"
@@ -63,14 +64,7 @@ class TensorCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         # safetensors needs a contiguous tensor that owns its memory layout
         tensor = tensor.detach().to("cpu").contiguous()
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file({TENSOR_NAME: tensor}, temporary)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: save_file({TENSOR_NAME: tensor}, str(tmp)))
 
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None
