@@ -17,15 +17,35 @@ from ..t2i_core import Conditioning
 log = logging.getLogger("t2i_mini")
 
 PREVIEW_SIZE = 512  # longest side of a progress preview, in pixels
+# Keys of the record of the text encoder a CONDITIONING came from, and of the codec a LATENT is in: core nodes
+# carry such extra keys along, and the pack's sampler and Decode compare them with the model's.
+TEXT_ENCODER_KEY = "t2i_mini_text_encoder"
+CODEC_KEY = "t2i_mini_codec"
 
 
-def to_comfy_conditioning(cond: Conditioning, device) -> list:
+def part_stamp(part) -> dict:
+    """What a CONDITIONING or LATENT records about the part that made it: identity and name."""
+    record = part.record()
+    return {"identity": part.identity, "name": record.get("name") or record.get("source"), "kind": record.get("kind")}
+
+
+def to_comfy_conditioning(cond: Conditioning, device, text_encoder=None) -> list:
     extra = {}
     if cond.pooled is not None:
         extra["pooled_output"] = cond.pooled.to(device)
     if cond.key_mask is not None:
         extra["attention_mask"] = cond.key_mask.to(device)
+    if text_encoder is not None:
+        extra[TEXT_ENCODER_KEY] = part_stamp(text_encoder)
     return [[cond.context.to(device), extra]]
+
+
+def text_encoder_stamp(conditioning) -> dict:
+    """The stamp of the encoder that made a CONDITIONING ({} for one from core CLIP Text Encode)."""
+    try:
+        return dict(conditioning[0][1].get(TEXT_ENCODER_KEY) or {})
+    except (TypeError, IndexError, AttributeError):
+        return {}
 
 
 def from_comfy_conditioning(conditioning, name: str, context_dim: int) -> Conditioning:
@@ -43,7 +63,7 @@ def from_comfy_conditioning(conditioning, name: str, context_dim: int) -> Condit
     if width != context_dim:
         raise ValueError(f"{name} conditioning is {width} wide but the model reads {context_dim}-wide text states: "
                          "encode the prompt with the model's own text encoder (the TEXT_ENCODER output of Load T2I "
-                         "Mini Checkpoint, or the encoder it was trained with)")
+                         "Mini Checkpoint, or the encoder or CLIP it was trained with)")
     mask = extra.get("attention_mask")
     if torch.is_tensor(mask):
         mask = mask.bool().reshape(mask.shape[0], -1)

@@ -8,7 +8,8 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from .comfy_format import to_comfy_conditioning
-from .types import CATEGORY, TextEncoder
+from .comfy_parts import as_text_encoder, loader_of
+from .types import CATEGORY, text_encoder_input
 
 log = logging.getLogger("t2i_mini")
 CONDITIONING = f"{CATEGORY}/conditioning"
@@ -28,29 +29,33 @@ class TextEncode(io.ComfyNode):
             node_id="T2IMiniTextEncode",
             display_name="Text Encode (T2I Mini)",
             category=CONDITIONING,
-            description="Encodes a prompt with a T2I Mini text encoder into a CONDITIONING: per-token states, "
-                        "the pooled vector and the mask of real tokens. Prompts longer than the encoder's context "
-                        "(77 tokens for CLIP) are cut, with a warning in the log.",
+            description="Encodes a prompt into a CONDITIONING: per-token states, the pooled vector and the mask of "
+                        "real tokens. With a T2I Mini text encoder, prompts longer than its context (77 tokens for "
+                        "CLIP) are cut, with a warning in the log; with a ComfyUI CLIP the result equals core CLIP "
+                        "Text Encode's. The conditioning records which encoder made it, so the sampler can refuse "
+                        "one the model was not trained with.",
             inputs=[
-                TextEncoder.Input("text_encoder", tooltip="The text encoder the model was trained with."),
+                text_encoder_input(tooltip="The text encoder the model was trained with."),
                 io.String.Input("text", multiline=True, default="a large red circle on the left",
                                 tooltip="The prompt. With one_prompt_per_line, each non-empty line is a prompt."),
                 io.Boolean.Input("one_prompt_per_line", default=False,
                                  tooltip="Encode every non-empty line as its own prompt (a batch of conditionings). "
                                          "The sampler then gives each prompt batch_size / lines images, in order."),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             outputs=[io.Conditioning.Output(tooltip="The encoded prompt(s), one row per prompt.")],
         )
 
     @classmethod
     def execute(cls, text_encoder, text, one_prompt_per_line=False) -> io.NodeOutput:
+        text_encoder = as_text_encoder(text_encoder, loader_of(cls.hidden, "text_encoder"))
         prompts = prompt_list(text, one_prompt_per_line)
         encoded = text_encoder.encode(prompts)
         for prompt, cut in zip(prompts, encoded.truncated):
             if cut:
                 log.warning("T2I Mini: the prompt %r is longer than the text encoder's %d tokens and was truncated",
                             prompt[:80] + ("..." if len(prompt) > 80 else ""), text_encoder.context_length)
-        return io.NodeOutput(to_comfy_conditioning(encoded.conditioning, mm.intermediate_device()))
+        return io.NodeOutput(to_comfy_conditioning(encoded.conditioning, mm.intermediate_device(), text_encoder))
 
 
 class EmptyConditioning(io.ComfyNode):
@@ -62,13 +67,15 @@ class EmptyConditioning(io.ComfyNode):
             category=CONDITIONING,
             description="The empty prompt's conditioning: the unconditional input of classifier-free guidance, "
                         "which the model learned through CFG dropout. Connect it to the sampler's negative.",
-            inputs=[TextEncoder.Input("text_encoder", tooltip="The text encoder the model was trained with.")],
+            inputs=[text_encoder_input(tooltip="The text encoder the model was trained with.")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             outputs=[io.Conditioning.Output(tooltip="The empty prompt's conditioning.")],
         )
 
     @classmethod
     def execute(cls, text_encoder) -> io.NodeOutput:
-        return io.NodeOutput(to_comfy_conditioning(text_encoder.empty(), mm.intermediate_device()))
+        text_encoder = as_text_encoder(text_encoder, loader_of(cls.hidden, "text_encoder"))
+        return io.NodeOutput(to_comfy_conditioning(text_encoder.empty(), mm.intermediate_device(), text_encoder))
 
 
 NODES = [TextEncode, EmptyConditioning]

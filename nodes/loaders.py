@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..t2i_core import (
     TINY_TEXT_CONFIG,
@@ -14,10 +15,14 @@ from ..t2i_core import (
     load_vae,
     tiny_text_encoder,
 )
+from ..t2i_core.codecs import VAE_FAMILIES
+from ..t2i_core.external import describe
 from . import paths
+from .comfy_model import core_model
 from .types import CATEGORY, Codec, T2IModel, TextEncoder, combo_error
 
 LOADERS = f"{CATEGORY}/loaders"
+log = logging.getLogger("t2i_mini")
 
 
 class CheckpointLoader(io.ComfyNode):
@@ -28,7 +33,9 @@ class CheckpointLoader(io.ComfyNode):
             display_name="Load T2I Mini Checkpoint",
             category=LOADERS,
             description="Loads a Text-to-Image Mini checkpoint from models/t2i_mini: the U-Net with the text "
-                        "encoder and codec it was trained with.",
+                        "encoder and codec it was trained with, and the same model as a core MODEL for ComfyUI's "
+                        "KSampler and custom samplers. A model trained on a ComfyUI CLIP or VAE names the file to "
+                        "connect (shown on the node); its TEXT_ENCODER / CODEC outputs then stand for it.",
             inputs=[
                 io.Combo.Input("ckpt_name", options=paths.checkpoint_names(),
                                tooltip="A .safetensors checkpoint in ComfyUI's models/t2i_mini folder "
@@ -38,7 +45,12 @@ class CheckpointLoader(io.ComfyNode):
                 T2IModel.Output(display_name="MODEL", tooltip="The model: U-Net, noise schedule, text encoder, codec."),
                 TextEncoder.Output(display_name="TEXT_ENCODER",
                                    tooltip="The text encoder the model was trained with; encode prompts with it."),
-                Codec.Output(display_name="CODEC", tooltip="The codec the model denoises in (pixels or a VAE)."),
+                Codec.Output(display_name="CODEC", tooltip="The codec the model denoises in (pixels or a VAE); for "
+                                                           "Noise Latent / Empty Latent and Decode."),
+                io.Model.Output(display_name="CORE_MODEL",
+                                tooltip="The same model as a core MODEL: connect it to KSampler, CFGGuider, "
+                                        "SamplerCustomAdvanced, ... (with Text Encode's conditioning and an Empty "
+                                        "Latent (T2I Mini) for pixel models, or Empty Latent Image for VAE ones)."),
             ],
         )
 
@@ -60,7 +72,13 @@ class CheckpointLoader(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name) -> io.NodeOutput:
         model = load_checkpoint(paths.checkpoint_path(ckpt_name), device="cpu")
-        return io.NodeOutput(model, model.text_encoder, model.codec)
+        needs = [f"{part}: {describe(record)}. {record.get('hint') or ''}".strip()
+                 for part, record in (("text encoder", model.text_encoder.record()), ("VAE", model.codec.record()))
+                 if isinstance(record, dict) and not record.get("embedded", True)]
+        for line in needs:
+            log.info("T2I Mini: %s needs its %s", ckpt_name, line)
+        ui_text = ui.PreviewText("\n".join(f"needs {line}" for line in needs)) if needs else None
+        return io.NodeOutput(model, model.text_encoder, model.codec, core_model(model), ui=ui_text)
 
 
 class TinyTextEncoder(io.ComfyNode):
@@ -132,17 +150,19 @@ class TextEncoderFile(io.ComfyNode):
             display_name="Load Text Encoder File",
             category=LOADERS,
             description="A CLIP text tower whose weights are a local file in models/text_encoders (.safetensors, "
-                        "or a pickle-free .pt/.bin). The architecture comes from an open_clip model name, or from "
-                        "text_config when the name is 'custom'.",
+                        "or a pickle-free .pt/.bin): ComfyUI's clip_l / clip_g (Hugging Face layout, architecture "
+                        "read from the file) or open_clip's layout (architecture from an open_clip model name, or "
+                        "from text_config when the name is 'custom').",
             inputs=[
                 io.Combo.Input("file", options=paths.text_encoder_names(),
                                tooltip="The weights file (a full CLIP state dict or just the text tower)."),
-                io.String.Input("model_name", default="custom",
-                                tooltip="The open_clip model the file belongs to (e.g. ViT-L-14), or 'custom' to "
-                                        "build the architecture from text_config."),
+                io.String.Input("model_name", default="auto",
+                                tooltip="auto: read the architecture from a Hugging Face-layout file (clip_l, "
+                                        "clip_g). For an open_clip-layout file: its open_clip model name (e.g. "
+                                        "ViT-L-14), or 'custom' to build the architecture from text_config."),
                 io.String.Input("text_config", multiline=True, default=json.dumps(TINY_TEXT_CONFIG),
                                 tooltip="For 'custom': open_clip text config as JSON (context_length, vocab_size, "
-                                        "width, heads, layers). Ignored for a named model."),
+                                        "width, heads, layers). Ignored otherwise."),
             ],
             outputs=[TextEncoder.Output(display_name="TEXT_ENCODER", tooltip="The frozen text encoder.")],
         )
@@ -161,7 +181,7 @@ class TextEncoderFile(io.ComfyNode):
     @classmethod
     def execute(cls, file, model_name, text_config) -> io.NodeOutput:
         path = paths.text_encoder_file(file)
-        model_name = model_name.strip() or "custom"
+        model_name = model_name.strip() or "auto"
         if model_name != "custom":
             return io.NodeOutput(load_text_encoder_file(path, model_name=model_name))
         try:
@@ -180,30 +200,35 @@ class VAELoader(io.ComfyNode):
             node_id="T2IMiniVAELoader",
             display_name="Load VAE (T2I Mini)",
             category=LOADERS,
-            description="A diffusers AutoencoderKL from models/vae, as a codec: a diffusers folder (config.json "
-                        "+ weights, listed as 'name/'), a .safetensors file with a same-name .json config beside "
-                        "it, or a single Stable Diffusion VAE file.",
+            description="A VAE from models/vae as a T2I Mini codec (its weights travel inside the checkpoints "
+                        "trained on it): a single Stable Diffusion VAE file (vae-ft-mse-840000, sdxl_vae), a "
+                        "diffusers folder (config.json + weights, listed as 'name/'), or a .safetensors file with a "
+                        "same-name .json config beside it. ComfyUI's own VAELoader works too, where the VAE is "
+                        "recorded by name instead.",
             inputs=[
                 io.Combo.Input("vae_name", options=paths.vae_choices(),
                                tooltip="A VAE file or diffusers folder (ends in '/') in ComfyUI's models/vae."),
+                io.Combo.Input("family", options=list(VAE_FAMILIES), default="auto", optional=True,
+                               tooltip="For a single Stable Diffusion VAE file: sd15 (SD 1.x/2.x, latent scale "
+                                       "0.18215) or sdxl (0.13025); auto picks sdxl when the name has 'xl'."),
             ],
             outputs=[Codec.Output(display_name="CODEC", tooltip="The VAE codec: images <-> scaled latents.")],
         )
 
     @classmethod
-    def validate_inputs(cls, vae_name):
-        return combo_error(cls, vae_name=vae_name) or True
+    def validate_inputs(cls, vae_name, family="auto"):
+        return combo_error(cls, vae_name=vae_name, family=family) or True
 
     @classmethod
-    def fingerprint_inputs(cls, vae_name):
+    def fingerprint_inputs(cls, vae_name, family="auto"):
         try:
-            return paths.file_stamp(paths.vae_path(vae_name))
+            return f"{paths.file_stamp(paths.vae_path(vae_name))}:{family}"
         except FileNotFoundError:
             return f"missing:{vae_name}"
 
     @classmethod
-    def execute(cls, vae_name) -> io.NodeOutput:
-        return io.NodeOutput(load_vae(paths.vae_path(vae_name)))
+    def execute(cls, vae_name, family="auto") -> io.NodeOutput:
+        return io.NodeOutput(load_vae(paths.vae_path(vae_name), family=family))
 
 
 class PixelCodecNode(io.ComfyNode):

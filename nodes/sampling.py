@@ -6,11 +6,20 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..t2i_core import SAMPLERS, PixelCodec, latent_shape, make_noise, match_batch, sample
+from ..t2i_core import SAMPLERS, PixelCodec, VAECodec, latent_shape, make_noise, match_batch, sample
 from ..t2i_core.devices import PRECISIONS
+from ..t2i_core.external import check_same_part
 from ..t2i_core.geometry import image_size
-from .comfy_format import from_comfy_conditioning, images_to_comfy, preview
-from .types import CATEGORY, Codec, T2IModel, combo_error
+from .comfy_format import (
+    CODEC_KEY,
+    from_comfy_conditioning,
+    images_to_comfy,
+    part_stamp,
+    preview,
+    text_encoder_stamp,
+)
+from .comfy_parts import as_codec
+from .types import CATEGORY, T2IModel, codec_input, combo_error
 
 SAMPLING = f"{CATEGORY}/sampling"
 MAX_SIZE = 8192
@@ -33,7 +42,8 @@ class NoiseLatent(io.ComfyNode):
                         "+ i, so an image does not depend on the batch size; the same noise can feed several "
                         "samplers (e.g. to compare guidance scales).",
             inputs=[
-                Codec.Input("codec", tooltip="The codec the model denoises in (from the checkpoint loader)."),
+                codec_input(tooltip="The codec the model denoises in: the checkpoint loader's CODEC, or the VAE "
+                                    "a latent model was trained on."),
                 io.Int.Input("seed", default=0, min=0, max=SEED_SPACE - 1, control_after_generate=True,
                              tooltip="Seed of the first image; image i uses seed + i."),
                 io.Int.Input("width", default=32, min=4, max=MAX_SIZE, step=4,
@@ -50,15 +60,51 @@ class NoiseLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, codec, seed, width, height, batch_size, model=None) -> io.NodeOutput:
-        if model is not None and (model.codec.channels, model.codec.factor) != (codec.channels, codec.factor):
-            raise ValueError(f"the codec ({codec.channels} channels, factor {codec.factor}) is not the model's "
-                             f"({model.codec.channels} channels, factor {model.codec.factor}); use the CODEC output "
-                             "of the same checkpoint")
-        shape = latent_shape(height, width, channels=codec.channels, codec_factor=codec.factor,
-                             unet_factor=model.unet.cfg.downsample_factor if model is not None else 1,
-                             what="width and height")
+        codec, shape = latent_for(codec, model, width, height)
         noise = make_noise([(seed + i) % SEED_SPACE for i in range(batch_size)], shape)
         return io.NodeOutput({"samples": codec.unscale(noise).to(mm.intermediate_device())})
+
+
+def latent_for(codec, model, width: int, height: int):
+    """(the engine's codec, latent shape) for a width x height image: a core VAE takes the model's latent
+    scaling where a model is given; the size is checked against the codec and, with a model, its U-Net."""
+    latent_model = model is not None and not isinstance(model.codec, PixelCodec)
+    codec = as_codec(codec, scaling=(model.codec.scaling_factor, model.codec.shift_factor) if latent_model else None)
+    if model is not None and (model.codec.channels, model.codec.factor) != (codec.channels, codec.factor):
+        raise ValueError(f"the codec ({codec.channels} channels, factor {codec.factor}) is not the model's "
+                         f"({model.codec.channels} channels, factor {model.codec.factor}); use the CODEC output "
+                         "of the same checkpoint, or the VAE it was trained on")
+    return codec, latent_shape(height, width, channels=codec.channels, codec_factor=codec.factor,
+                               unet_factor=model.unet.cfg.downsample_factor if model is not None else 1,
+                               what="width and height")
+
+
+class EmptyLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="T2IMiniEmptyLatent",
+            display_name="Empty Latent (T2I Mini)",
+            category=SAMPLING,
+            description="An all-zero latent in the codec's shape, for ComfyUI's KSampler, which adds its own noise "
+                        "from its seed (core Empty Latent Image is 4-channel at 1/8 size, for VAE models only).",
+            inputs=[
+                codec_input(tooltip="The codec the model denoises in: the checkpoint loader's CODEC, or the VAE "
+                                    "a latent model was trained on."),
+                io.Int.Input("width", default=32, min=4, max=MAX_SIZE, step=4,
+                             tooltip="Image width in pixels: a multiple of the codec's factor times the U-Net's."),
+                io.Int.Input("height", default=32, min=4, max=MAX_SIZE, step=4, tooltip="Image height in pixels."),
+                io.Int.Input("batch_size", default=4, min=1, max=4096, tooltip="Number of images."),
+                T2IModel.Input("model", optional=True,
+                               tooltip="Optional: the model, so the size is checked against its U-Net as well."),
+            ],
+            outputs=[io.Latent.Output(tooltip="Zeros: the starting latent for KSampler.")],
+        )
+
+    @classmethod
+    def execute(cls, codec, width, height, batch_size, model=None) -> io.NodeOutput:
+        _, shape = latent_for(codec, model, width, height)
+        return io.NodeOutput({"samples": torch.zeros(batch_size, *shape, device=mm.intermediate_device())})
 
 
 class GuidedSampler(io.ComfyNode):
@@ -97,6 +143,9 @@ class GuidedSampler(io.ComfyNode):
                                        "variety (Kynkaanniemi et al. 2024): 0.4 keeps it; unguided steps cost half."),
                 io.Float.Input("guidance_end", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="Guide only up to this point of the run (1 = to the end)."),
+                io.Boolean.Input("check_text_encoder", default=True, optional=True,
+                                 tooltip="Refuse conditioning from another text encoder than the one the model was "
+                                         "trained with (compared by weights). Off: use it anyway, on purpose."),
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent; decode it with the model's codec.")],
         )
@@ -107,7 +156,7 @@ class GuidedSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent, steps, cfg, sampler_name, eta, guidance_rescale,
-                precision, guidance_start=0.0, guidance_end=1.0) -> io.NodeOutput:
+                precision, guidance_start=0.0, guidance_end=1.0, check_text_encoder=True) -> io.NodeOutput:
         unet_cfg = model.unet.cfg
         codec = model.codec
         z = codec.scale(latent["samples"].float())
@@ -118,6 +167,11 @@ class GuidedSampler(io.ComfyNode):
         if guidance_start > guidance_end:
             raise ValueError(f"guidance_start ({guidance_start}) is after guidance_end ({guidance_end}): set start "
                              "<= end (0 = the start of sampling, 1 = its end)")
+        if check_text_encoder:
+            trained_with = model.text_encoder.record()
+            for name, conditioning in (("positive", positive), ("negative", negative)):
+                check_same_part("text encoder", trained_with, text_encoder_stamp(conditioning),
+                                override=f"check_text_encoder off (the {name} conditioning differs)")
         batch = z.shape[0]
         cond = match_batch(from_comfy_conditioning(positive, "positive", unet_cfg.context_dim), batch, "positive")
         uncond = match_batch(from_comfy_conditioning(negative, "negative", unet_cfg.context_dim), batch, "negative")
@@ -125,7 +179,8 @@ class GuidedSampler(io.ComfyNode):
         device = mm.get_torch_device()
         model.to(device)
         pbar = comfy.utils.ProgressBar(steps)
-        can_preview = isinstance(codec, PixelCodec) or z.shape[2] * z.shape[3] <= VAE_PREVIEW_MAX_CELLS
+        can_preview = isinstance(codec, PixelCodec) or (isinstance(codec, VAECodec) and
+                                                        z.shape[2] * z.shape[3] <= VAE_PREVIEW_MAX_CELLS)
         preview_every = max(1, round(steps / PREVIEWS_PER_RUN))
 
         def callback(step: int, total: int, x0: torch.Tensor):
@@ -143,7 +198,9 @@ class GuidedSampler(io.ComfyNode):
         finally:
             if device.type != "cpu":
                 model.to(mm.unet_offload_device())
-        return io.NodeOutput({"samples": codec.unscale(out).to(mm.intermediate_device())})
+        return io.NodeOutput({"samples": codec.unscale(out).to(mm.intermediate_device()),
+                              CODEC_KEY: {**part_stamp(codec), "scaling_factor": getattr(codec, "scaling_factor", 1.0),
+                                          "shift_factor": getattr(codec, "shift_factor", 0.0)}})
 
 
 class Decode(io.ComfyNode):
@@ -153,29 +210,40 @@ class Decode(io.ComfyNode):
             node_id="T2IMiniDecode",
             display_name="Decode (T2I Mini)",
             category=SAMPLING,
-            description="Turns a latent into images with the model's codec (for pixel models, just a rescale).",
+            description="Turns a latent into images with the model's codec (for pixel models, just a rescale), or "
+                        "with a ComfyUI VAE, exactly as core VAE Decode does.",
             inputs=[
-                Codec.Input("codec", tooltip="The codec the model denoises in (from the checkpoint loader)."),
+                codec_input(tooltip="The codec the model denoises in (from the checkpoint loader), or the VAE a "
+                                    "latent model was trained on."),
                 io.Latent.Input("samples", tooltip="The sampler's output."),
+                io.Boolean.Input("check_codec", default=True, optional=True,
+                                 tooltip="Refuse a latent the pack's sampler made with another codec or VAE than "
+                                         "this one (compared by weights). Off: decode it anyway, on purpose."),
             ],
             outputs=[io.Image.Output(tooltip="The images, (batch, height, width, 3) in 0..1.")],
         )
 
     @classmethod
-    def execute(cls, codec, samples) -> io.NodeOutput:
+    def execute(cls, codec, samples, check_codec=True) -> io.NodeOutput:
+        made_with = samples.get(CODEC_KEY) or {}
+        scaling = (made_with["scaling_factor"], made_with["shift_factor"]) if "scaling_factor" in made_with else None
+        codec = as_codec(codec, scaling=scaling)
+        if check_codec:
+            check_same_part("codec", made_with, part_stamp(codec), override="check_codec off")
         latent = samples["samples"].float()
         if latent.dim() != 4 or latent.shape[1] != codec.channels:
             raise ValueError(f"the latent has shape {tuple(latent.shape)} but this codec decodes "
                              f"{codec.channels}-channel latents; use the codec of the model that sampled it")
-        device = mm.get_torch_device() if not isinstance(codec, PixelCodec) else torch.device("cpu")
+        own_vae = isinstance(codec, VAECodec)  # ComfyUI moves its own VAEs; the pack's are moved here
+        device = mm.get_torch_device() if own_vae else torch.device("cpu")
         codec.to(device)
         try:
             with torch.inference_mode():
-                images = codec.decode(codec.scale(latent.to(device)))
+                images = codec.decode_raw(latent.to(device))
         finally:
-            if device.type != "cpu":
+            if own_vae and device.type != "cpu":
                 codec.to(mm.vae_offload_device())
         return io.NodeOutput(images_to_comfy(images).to(mm.intermediate_device()))
 
 
-NODES = [NoiseLatent, GuidedSampler, Decode]
+NODES = [NoiseLatent, EmptyLatent, GuidedSampler, Decode]

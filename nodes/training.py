@@ -20,7 +20,9 @@ from ..t2i_core.plot import loss_curve_image
 from ..t2i_core.train import TrainCallbacks, TrainConfig, train
 from . import paths
 from .comfy_format import images_to_comfy, preview
-from .types import CATEGORY, Codec, T2IModel, TextEncoder, combo_error
+from .comfy_model import core_model
+from .comfy_parts import as_codec, as_text_encoder, loader_of
+from .types import CATEGORY, T2IModel, codec_input, combo_error, text_encoder_input
 
 log = logging.getLogger("t2i_mini")
 TRAINING = f"{CATEGORY}/training"
@@ -40,9 +42,10 @@ class Train(io.ComfyNode):
                 io.Combo.Input("dataset", options=paths.dataset_choices(), default=paths.NO_DATASET,
                                tooltip="A subfolder of ComfyUI's input folder holding the images and captions. "
                                        f"'{paths.NO_DATASET}' uses the dataset_path input instead."),
-                TextEncoder.Input("text_encoder", tooltip="The frozen text encoder; the model only understands "
-                                                          "this encoder, so generate with the same one."),
-                Codec.Input("codec", tooltip="Pixel Codec for small CPU models, or a VAE codec for latent models."),
+                text_encoder_input(tooltip="The frozen text encoder; the model only understands this encoder, so "
+                                           "generate with the same one."),
+                codec_input(tooltip="Pixel Codec for small CPU models, or a VAE for latent models (latents are "
+                                    "encoded once and cached)."),
                 io.Combo.Input("preset", options=list(PRESETS), default="tiny",
                                tooltip="U-Net size. tiny (3M parameters) trains on a CPU in minutes at 16-32 px."),
                 io.Int.Input("steps", default=600, min=1, max=10_000_000,
@@ -85,10 +88,14 @@ class Train(io.ComfyNode):
                                 tooltip="A dataset folder path (absolute, or relative to ComfyUI's input folder), "
                                         "e.g. from Make Dataset; overrides the dataset dropdown."),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             outputs=[
                 T2IModel.Output(display_name="MODEL", tooltip="The trained model (EMA weights), ready to sample."),
                 io.Image.Output(display_name="loss_curve", tooltip="The training loss over the steps, as an image."),
                 io.Int.Output(display_name="steps", tooltip="The step the model was saved at."),
+                io.Model.Output(display_name="CORE_MODEL",
+                                tooltip="The trained model as a core MODEL, for KSampler and ComfyUI's other "
+                                        "samplers."),
             ],
         )
 
@@ -128,6 +135,9 @@ class Train(io.ComfyNode):
             validation_every=validation_every, checkpoint_every=checkpoint_every, precision=precision,
             compile=compile)
 
+        # a core CLIP or VAE is recorded in the checkpoint by the loader node and file it came from
+        text_encoder = as_text_encoder(text_encoder, loader_of(cls.hidden, "text_encoder"))
+        codec = as_codec(codec, loader_of(cls.hidden, "codec"))
         mm.unload_all_models()
         mm.soft_empty_cache()
         pbar = comfy.utils.ProgressBar(steps)
@@ -158,7 +168,8 @@ class Train(io.ComfyNode):
             raise mm.InterruptProcessingException()
 
         curve = images_to_comfy(loss_curve_image(result.history)[None]).to(mm.intermediate_device())
-        return io.NodeOutput(result.model, curve, result.step, ui=ui.PreviewImage(curve, cls=cls))
+        return io.NodeOutput(result.model, curve, result.step, core_model(result.model),
+                             ui=ui.PreviewImage(curve, cls=cls))
 
 
 NODES = [Train]

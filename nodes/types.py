@@ -1,13 +1,27 @@
-"""The pack's own socket types. They are distinct from ComfyUI's MODEL/CLIP/VAE on purpose: a T2I Mini model
-is a plain PyTorch object, not a ComfyUI ModelPatcher, so core loaders and samplers must not accept it."""
+"""The pack's own socket types, and the inputs that take ComfyUI's types beside them.
+
+T2I_MODEL is a plain PyTorch object (t2i_core.T2IModel), for the pack's own sampler; Load Checkpoint and Train
+also hand out the same model as a core MODEL for ComfyUI's samplers (nodes/comfy_model.py). A text-encoder input
+takes the pack's T2I_TEXT_ENCODER or a core CLIP, a codec input the pack's T2I_CODEC or a core VAE
+(nodes/comfy_parts.py turns the core ones into the engine's interfaces)."""
 from comfy_api.latest import io
 
 # t2i_core.T2IModel: U-Net, noise schedule, text encoder and codec
 T2IModel = io.Custom("T2I_MODEL")
-# t2i_core.FrozenCLIPTextEncoder
+# a t2i_core.conditioning.TextEncoder: FrozenCLIPTextEncoder, or a checkpoint's record of one it does not hold
 TextEncoder = io.Custom("T2I_TEXT_ENCODER")
-# t2i_core.PixelCodec or t2i_core.VAECodec: the map between images and the space the U-Net denoises
+# a t2i_core.conditioning.Codec (PixelCodec, VAECodec, or a record): images <-> the space the U-Net denoises
 Codec = io.Custom("T2I_CODEC")
+
+
+def text_encoder_input(name: str = "text_encoder", tooltip: str = "") -> io.MultiType.Input:
+    return io.MultiType.Input(name, types=[TextEncoder, io.Clip],
+                              tooltip=f"{tooltip} A T2I Mini text encoder or a ComfyUI CLIP (CLIPLoader).".strip())
+
+
+def codec_input(name: str = "codec", tooltip: str = "") -> io.MultiType.Input:
+    return io.MultiType.Input(name, types=[Codec, io.Vae],
+                              tooltip=f"{tooltip} A T2I Mini codec or a ComfyUI VAE (VAELoader).".strip())
 
 CATEGORY = "T2I Mini"
 

@@ -56,6 +56,12 @@ COLUMN_WIDTH, NODE_WIDTH, WIDE_NODE_WIDTH, GAP = 380, 320, 360, 40
 
 # ---- node specs (the /object_info excerpt) ----
 
+def accepts(input_type: str, output_type: str) -> bool:
+    """Whether an input takes an output's type: an input may list several, "T2I_TEXT_ENCODER,CLIP" (ComfyUI's
+    rule, comfy_execution.validation.validate_node_input)."""
+    return output_type in {t.strip() for t in input_type.split(",")}
+
+
 def spec_from_object_info(info: dict) -> dict:
     """One node type's socket inputs, widgets (in the frontend's order) and outputs."""
     inputs = []
@@ -177,8 +183,11 @@ def api_to_ui(name: str, api: dict, specs: dict) -> dict:
                 slot = {"name": item["name"], "type": item["type"], "link": None}
                 if item["optional"]:
                     slot["shape"] = 7  # the frontend's hollow dot for optional inputs
-                if value is not None:
-                    links.append([len(links) + 1, int(value[0]), int(value[1]), int(node_id), len(inputs), item["type"]])
+                if value is not None:  # a link has its output's type, which the input must accept
+                    out_type = specs[api[value[0]]["class_type"]]["outputs"][int(value[1])]["type"]
+                    if not accepts(item["type"], out_type):
+                        raise ValueError(f"{name}: node {node_id}.{item['name']} takes {item['type']}, not {out_type}")
+                    links.append([len(links) + 1, int(value[0]), int(value[1]), int(node_id), len(inputs), out_type])
                     slot["link"] = len(links)
                 inputs.append(slot)
         nodes[node_id] = {

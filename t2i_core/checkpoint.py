@@ -2,10 +2,13 @@
 
 Tensors                        Metadata (JSON strings)
   unet.*   U-Net weights         format = "t2i-mini", format_version
-                                 unet_config, schedule, text_encoder (spec), codec (spec), training (summary)
-  text_encoder.*  (unless the encoder is an open_clip pretrained tag, which is fetched by name)
-  codec.*  VAE weights (VAE codec only)
+                                 unet_config, schedule, training (summary)
+  text_encoder.*  (when embedded) text_encoder: the encoder's record (kind, name, identity, how to rebuild it)
+  codec.*  (when embedded)       codec: the codec's record (kind, channels, factor, scaling, identity, ...)
 
+A record says whether the part's weights are inside (`embedded`): a small encoder or VAE of this pack's is;
+a large text encoder, an open_clip pretrained tag (fetched by name) or another program's part (a ComfyUI CLIP
+or VAE) is only named, and loads as a t2i_core.external stand-in that says which file to connect.
 The trainer saves its EMA weights as `unet.*`: they are the ones to generate with. No pickle anywhere.
 The file is written atomically (t2i_core.files), so a crash mid-write never leaves a half-written
 checkpoint. Loading checks everything and names the file and the problem.
@@ -19,6 +22,8 @@ from pathlib import Path
 import torch
 
 from .codecs import codec_from_spec
+from .conditioning import Codec, TextEncoder
+from .external import ExternalCodec, ExternalTextEncoder
 from .files import prefixed, read_safetensors, save_safetensors, state_dict_problems, take
 from .pipeline import T2IModel
 from .schedule import NoiseSchedule, ScheduleConfig
@@ -42,17 +47,17 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | os.PathLike, model: T2IModel, training: dict | None = None) -> Path:
     tensors = prefixed("unet", model.unet.state_dict())
-    spec = model.text_encoder.spec
-    if spec.pretrained is None:
-        tensors.update(prefixed("text_encoder", model.text_encoder.tower.state_dict()))
-    if model.codec.spec["kind"] == "vae":
-        tensors.update(prefixed("codec", model.codec.vae.state_dict()))
+    records = {}
+    for part, obj in (("text_encoder", model.text_encoder), ("codec", model.codec)):
+        state = obj.checkpoint_state()
+        tensors.update(prefixed(part, state))
+        records[part] = {**obj.record(), "embedded": bool(state)}
     metadata = {
         "format": FORMAT, "format_version": str(FORMAT_VERSION),
         "unet_config": json.dumps(model.unet.cfg.to_dict()),
         "schedule": json.dumps(model.schedule.cfg.to_dict()),
-        "text_encoder": json.dumps(spec.to_dict()),
-        "codec": json.dumps(model.codec.spec),
+        "text_encoder": json.dumps(records["text_encoder"]),
+        "codec": json.dumps(records["codec"]),
         "training": json.dumps(training if training is not None else model.training),
     }
     return save_safetensors(tensors, metadata, path)
@@ -91,7 +96,6 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         unet = TextConditionedUNet(UNetConfig.from_dict(meta["unet_config"]))
         schedule = NoiseSchedule(ScheduleConfig.from_dict(meta["schedule"]))
-        spec = TextEncoderSpec.from_dict(meta["text_encoder"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid config in metadata: {e}") from e
 
@@ -99,31 +103,52 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     check_state(path, "unet", unet.state_dict(), unet_state)
     unet.load_state_dict(unet_state)
 
-    try:
-        if spec.pretrained is not None:
-            text_encoder = load_pretrained_text_encoder(spec.model_name, spec.pretrained)
-        else:
-            text_encoder = build_text_encoder(spec)
-            te_state = take(tensors, "text_encoder")
-            check_state(path, "text_encoder", text_encoder.tower.state_dict(), te_state)
-            load_tower_weights(text_encoder, te_state, str(path))
-    except TextEncoderError as e:
-        raise CheckpointError(f"{path}: cannot rebuild its text encoder: {e}") from e
+    text_encoder = load_text_encoder_part(path, meta["text_encoder"], take(tensors, "text_encoder"))
     if text_encoder.width != unet.cfg.context_dim:
         raise CheckpointError(f"{path}: text encoder width {text_encoder.width} != U-Net context_dim {unet.cfg.context_dim}")
-
-    codec_state = take(tensors, "codec") or None
-    try:
-        codec = codec_from_spec(meta["codec"])
-        if codec_state is not None or meta["codec"].get("kind") == "vae":
-            check_state(path, "codec", codec.vae.state_dict(), codec_state or {})
-            codec.vae.load_state_dict(codec_state)
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot rebuild its codec: {e}") from e
+    codec = load_codec_part(path, meta["codec"], take(tensors, "codec"))
     if codec.channels != unet.cfg.in_channels:
         raise CheckpointError(f"{path}: codec has {codec.channels} channels but the U-Net takes {unet.cfg.in_channels}")
 
     model = T2IModel(unet.eval(), schedule, text_encoder, codec, meta.get("training", {}))
     return model.to(device)
+
+
+def embedded(record: dict) -> bool:
+    # records written before the flag existed embedded every part but a pretrained tag's weights
+    return record.get("embedded", record.get("kind", "open_clip") in ("open_clip", "vae") and not record.get("pretrained"))
+
+
+def load_text_encoder_part(path, record: dict, state: dict[str, torch.Tensor]) -> TextEncoder:
+    kind = record.get("kind", "open_clip")
+    try:
+        if kind != "open_clip":
+            return ExternalTextEncoder(record)
+        spec = TextEncoderSpec.from_dict(record)
+        if spec.pretrained is not None:
+            return load_pretrained_text_encoder(spec.model_name, spec.pretrained)
+        if not embedded(record):
+            return ExternalTextEncoder(record)
+        text_encoder = build_text_encoder(spec)
+        check_state(path, "text_encoder", text_encoder.tower.state_dict(), state)
+        load_tower_weights(text_encoder, state, str(path))
+        return text_encoder
+    except CheckpointError:
+        raise
+    except (TextEncoderError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild its text encoder: {e}") from e
+
+
+def load_codec_part(path, record: dict, state: dict[str, torch.Tensor]) -> Codec:
+    try:
+        if record.get("kind") not in ("pixel", "vae") or (record.get("kind") == "vae" and not embedded(record)):
+            return ExternalCodec(record)
+        codec = codec_from_spec(record)
+        if record["kind"] == "vae":
+            check_state(path, "codec", codec.vae.state_dict(), state)
+            codec.vae.load_state_dict(state)
+        return codec
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot rebuild its codec: {e}") from e

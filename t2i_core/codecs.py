@@ -15,10 +15,31 @@ import torch.nn as nn
 
 from .conditioning import Codec
 from .data.cache import module_digest
+from .files import state_dict_problems
 
 
 class CodecError(RuntimeError):
     pass
+
+
+VAE_CONFIGS = Path(__file__).resolve().parent / "vae_configs"  # diffusers configs of the standard VAEs
+VAE_FAMILIES = ("auto", "sd15", "sdxl")
+
+
+class LatentScale:
+    """Model space <-> the raw latent: z = (latent - shift) * scale. Every latent codec has it."""
+    scaling_factor: float
+    shift_factor: float
+
+    def scale(self, latent: torch.Tensor) -> torch.Tensor:
+        return (latent - self.shift_factor) * self.scaling_factor
+
+    def unscale(self, z: torch.Tensor) -> torch.Tensor:
+        return z / self.scaling_factor + self.shift_factor
+
+    def decode_raw(self, latent: torch.Tensor) -> torch.Tensor:
+        """Images from a raw (unscaled) latent, as a host's LATENT holds it."""
+        return self.decode(self.scale(latent))
 
 
 class PixelCodec(nn.Module):
@@ -33,6 +54,12 @@ class PixelCodec(nn.Module):
     def identity(self) -> str:
         return "pixel"
 
+    def record(self) -> dict:
+        return {**self.spec, "identity": self.identity, "channels": 3, "factor": 1}
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return images * 2 - 1
 
@@ -45,11 +72,15 @@ class PixelCodec(nn.Module):
     def unscale(self, z: torch.Tensor) -> torch.Tensor:
         return z
 
+    def decode_raw(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.decode(latent)
 
-class VAECodec(nn.Module):
-    """A diffusers AutoencoderKL (Stable Diffusion's VAE family), frozen."""
 
-    def __init__(self, vae, scaling_factor: float | None = None, shift_factor: float | None = None):
+class VAECodec(LatentScale, nn.Module):
+    """A diffusers AutoencoderKL (Stable Diffusion's VAE family), frozen. A checkpoint embeds its weights."""
+
+    def __init__(self, vae, scaling_factor: float | None = None, shift_factor: float | None = None,
+                 source: str | None = None):
         super().__init__()
         self.vae = vae.eval().requires_grad_(False)
         cfg = vae.config
@@ -57,6 +88,7 @@ class VAECodec(nn.Module):
         self.shift_factor = float(shift_factor if shift_factor is not None else (getattr(cfg, "shift_factor", None) or 0.0))
         self.channels = cfg.latent_channels
         self.factor = 2 ** (len(cfg.block_out_channels) - 1)
+        self.source = source  # the file it was read from, for the record
         self._id: str | None = None
 
     @property
@@ -70,6 +102,13 @@ class VAECodec(nn.Module):
         if self._id is None:
             self._id = module_digest(self, json.dumps(self.spec, sort_keys=True, default=str))
         return self._id
+
+    def record(self) -> dict:
+        return {**self.spec, "identity": self.identity, "channels": self.channels, "factor": self.factor,
+                "name": self.source}
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        return self.vae.state_dict()
 
     def train(self, mode: bool = True):
         return super().train(False)
@@ -85,45 +124,89 @@ class VAECodec(nn.Module):
         images = self.vae.decode(self.unscale(z).to(self.vae.dtype)).sample
         return ((images.float() + 1) / 2).clamp(0, 1)
 
-    def scale(self, latent: torch.Tensor) -> torch.Tensor:
-        return (latent - self.shift_factor) * self.scaling_factor
 
-    def unscale(self, z: torch.Tensor) -> torch.Tensor:
-        return z / self.scaling_factor + self.shift_factor
-
-
-def vae_from_config(config: dict, **scale):
+def vae_from_config(config: dict, **kw) -> VAECodec:
     from diffusers import AutoencoderKL
     config = {k: v for k, v in config.items() if not k.startswith("_")}
-    return VAECodec(AutoencoderKL.from_config(config), **scale)
+    return VAECodec(AutoencoderKL.from_config(config), **kw)
 
 
-def load_vae(path: str | Path) -> VAECodec:
-    """A VAE from a diffusers folder (config.json + weights) or a single .safetensors file, with no network.
+# The original (LDM) layout of Stable Diffusion's VAE files, as ComfyUI's models/vae holds them; a full SD
+# checkpoint keeps the same keys under "first_stage_model.".
+LDM_VAE_MARKER = "encoder.down.0.block.0.norm1.weight"
+LDM_VAE_PREFIXES = ("", "first_stage_model.", "vae.")
 
-    A single file may be in diffusers' layout or in the original Stable Diffusion layout (as in ComfyUI's
-    models/vae folder); diffusers' single-file loader converts the latter using its bundled SD config.
+
+def ldm_vae_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The LDM-layout VAE weights in `sd` with any checkpoint prefix removed, or None if it holds none."""
+    for prefix in LDM_VAE_PREFIXES:
+        if prefix + LDM_VAE_MARKER in sd:
+            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return None
+
+
+def standard_vae_config(family: str, path: Path) -> dict:
+    """The shipped diffusers config of a standard VAE. SD 1.x/2.x's and SDXL's VAEs have one architecture and
+    differ in their latent scaling (0.18215 and 0.13025); "auto" tells them apart by the file name."""
+    if family not in VAE_FAMILIES:
+        raise CodecError(f"unknown VAE family {family!r}; choose one of {', '.join(VAE_FAMILIES)}")
+    if family == "auto":
+        family = "sdxl" if "xl" in path.name.lower() else "sd15"
+    return json.loads((VAE_CONFIGS / f"{family}.json").read_text())
+
+
+def load_ldm_vae(path: Path, sd: dict[str, torch.Tensor], family: str = "auto") -> VAECodec:
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+    config = standard_vae_config(family, path)
+    channels = sd["decoder.conv_in.weight"].shape[1]
+    if channels != config["latent_channels"]:
+        raise CodecError(f"{path.name} is a {channels}-channel VAE; this pack reads the 4-channel Stable Diffusion "
+                         "VAEs (SD 1.x, 2.x, SDXL) from single files. For another VAE use ComfyUI's VAELoader, "
+                         "whose VAE the pack's nodes take too")
+    codec = vae_from_config(config, source=path.name)
+    converted = convert_ldm_vae_checkpoint(sd, dict(codec.vae.config))
+    problems = state_dict_problems(codec.vae.state_dict(), converted)
+    if problems:
+        raise CodecError(f"{path.name} does not fit the {config['sample_size']}-px Stable Diffusion VAE: "
+                         f"{', '.join(problems)}")
+    codec.vae.load_state_dict(converted)
+    return codec
+
+
+def load_vae(path: str | Path, family: str = "auto") -> VAECodec:
+    """A VAE from local files, with no network:
+    - a diffusers folder (config.json + weights);
+    - a .safetensors file in diffusers' layout with a same-name .json config beside it (what this pack writes);
+    - a single Stable Diffusion VAE file in the original layout (ComfyUI's models/vae: vae-ft-mse-840000, the
+      SDXL VAE), read with the config of `family`: "sd15", "sdxl", or "auto" (by the file name).
     """
     path = Path(path)
     try:
         from diffusers import AutoencoderKL
         if path.is_dir():
-            return VAECodec(AutoencoderKL.from_pretrained(str(path), local_files_only=True))
+            return VAECodec(AutoencoderKL.from_pretrained(str(path), local_files_only=True), source=path.name)
         if not path.is_file():
             raise CodecError(f"VAE file {path} does not exist")
+        from safetensors.torch import load_file
+        sd = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(str(path), map_location="cpu",
+                                                                                  weights_only=True)
+        sd = sd.get("state_dict", sd)
+        ldm = ldm_vae_state(sd)
+        if ldm is not None:
+            return load_ldm_vae(path, ldm, family)
         config_file = path.with_suffix(".json")
-        if config_file.is_file():  # a diffusers state dict saved beside its config (what this pack writes)
-            from safetensors.torch import load_file
-            codec = vae_from_config(json.loads(config_file.read_text()))
-            codec.vae.load_state_dict(load_file(str(path)))
-            return codec
-        return VAECodec(AutoencoderKL.from_single_file(str(path), local_files_only=True))
+        if not config_file.is_file():
+            raise CodecError(f"{path.name} is neither a Stable Diffusion VAE file (no {LDM_VAE_MARKER}) nor a "
+                             f"diffusers state dict with a {config_file.name} config beside it")
+        codec = vae_from_config(json.loads(config_file.read_text()), source=path.name)
+        codec.vae.load_state_dict(sd)
+        return codec
     except CodecError:
         raise
     except Exception as e:
-        raise CodecError(f"cannot load a VAE from {path}: {e}. Give a diffusers AutoencoderKL folder "
-                         "(config.json + diffusion_pytorch_model.safetensors) or a .safetensors file with a "
-                         "same-name .json config beside it") from e
+        raise CodecError(f"cannot load a VAE from {path}: {e}. Give a Stable Diffusion VAE file, a diffusers "
+                         "AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors) or a "
+                         ".safetensors file with a same-name .json config beside it") from e
 
 
 def codec_from_spec(spec: dict) -> Codec:
@@ -132,5 +215,6 @@ def codec_from_spec(spec: dict) -> Codec:
     if kind == "pixel":
         return PixelCodec()
     if kind == "vae":
-        return vae_from_config(spec["config"], scaling_factor=spec["scaling_factor"], shift_factor=spec["shift_factor"])
+        return vae_from_config(spec["config"], scaling_factor=spec["scaling_factor"], shift_factor=spec["shift_factor"],
+                               source=spec.get("name"))
     raise CodecError(f"unknown codec kind {kind!r}; expected 'pixel' or 'vae'")

@@ -78,7 +78,9 @@ class TextEncoder(Protocol):
 
     `identity` is a digest of the encoder's architecture and weights: caches key its outputs by it, and a
     checkpoint records it, so two different encoders never share cache entries and a model is not sampled
-    with an encoder it was not trained with."""
+    with an encoder it was not trained with. `record()` is what a checkpoint stores about the encoder (its
+    kind, name, identity, and how to get it back); `checkpoint_state()` the weights it embeds ({} for parts
+    that are too large to copy into every checkpoint, or that belong to another program)."""
     width: int  # D of the per-token states
     context_length: int  # tokens per prompt, at most
     identity: str
@@ -88,6 +90,12 @@ class TextEncoder(Protocol):
     def empty(self) -> Conditioning:
         """The empty prompt's conditioning: CFG's unconditional input."""
         ...
+
+    def record(self) -> dict: ...
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]: ...
+
+    def to(self, device) -> TextEncoder: ...
 
 
 @runtime_checkable
@@ -107,3 +115,13 @@ class Codec(Protocol):
     def scale(self, latent: torch.Tensor) -> torch.Tensor: ...
 
     def unscale(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_raw(self, latent: torch.Tensor) -> torch.Tensor:
+        """Images from a raw latent (decode(scale(latent)), or the VAE directly)."""
+        ...
+
+    def record(self) -> dict: ...
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]: ...
+
+    def to(self, device) -> Codec: ...

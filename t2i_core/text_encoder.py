@@ -1,13 +1,15 @@
 """The frozen CLIP text encoder (open-clip-torch): prompts -> per-token states for cross-attention.
 
 Cross-attention needs the per-token last hidden states (B, L, width) after the final layer norm,
-not the single pooled vector the seed used: with one vector there is nothing for the image positions
-to choose between. The pooled vector (the end-of-text state times text_projection) rides along for
+not a single pooled vector: with one vector there is nothing for the image positions to choose
+between. The pooled vector (the end-of-text state times text_projection) rides along for
 ComfyUI's `pooled_output`.
 
 Three ways to get one, all ending in the same open_clip `TextTransformer` (the vision tower is never built):
   (a) `load_pretrained_text_encoder(name, tag, cache_dir)`: open_clip's weights, downloaded once;
-  (b) `load_text_encoder_file(path, model_name=... or text_config=...)`: a local .safetensors or .pt/.bin;
+  (b) `load_text_encoder_file(path, ...)`: a local .safetensors or .pt/.bin, in open_clip's layout or in Hugging
+      Face transformers' (`text_model.encoder.layers.N...`, the `clip_l.safetensors` of a ComfyUI install),
+      whose architecture is then read from the weights' shapes;
   (c) `build_text_encoder(TextEncoderSpec(text_config=...))`: random seeded weights, fully offline.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import os
 import socket
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,6 +31,9 @@ from .files import state_dict_problems
 
 # A small text tower for models trained from scratch on a CPU. CLIP's BPE vocabulary ships inside open_clip.
 TINY_TEXT_CONFIG = dict(context_length=77, vocab_size=49408, width=256, heads=4, layers=4)
+# A checkpoint embeds its text encoder's weights up to this size (the tiny tower has 16M parameters, 64 MB);
+# a larger one (CLIP-L: 123M) is recorded by file name and identity instead of being copied into every model.
+EMBED_MAX_PARAMETERS = 50_000_000
 
 
 class TextEncoderError(RuntimeError):
@@ -51,7 +56,14 @@ class TextEncoderSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> TextEncoderSpec:
-        return cls(**d)
+        """The spec from a checkpoint's record (which also holds kind, identity and other non-spec keys)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def architecture_key(self) -> str:
+        """The spec without what does not change the computation (the file it came from, the random seed,
+        which only matters through the weights)."""
+        return json.dumps({k: v for k, v in self.to_dict().items() if k not in ("source", "seed")}, sort_keys=True)
 
     def architecture(self) -> tuple[int, dict, bool]:
         """(embed_dim, text_cfg, quick_gelu) as open_clip's text tower builder takes them."""
@@ -107,10 +119,26 @@ class FrozenCLIPTextEncoder(nn.Module):
 
     @property
     def identity(self) -> str:
-        """A digest of spec and weights: the key under which caches store this encoder's outputs."""
+        """A digest of architecture and weights: the key under which caches store this encoder's outputs."""
         if self._id is None:
-            self._id = module_digest(self.tower, json.dumps(self.spec.to_dict(), sort_keys=True))
+            self._id = module_digest(self.tower, self.spec.architecture_key())
         return self._id
+
+    def embeds_weights(self) -> bool:
+        """Whether a checkpoint copies this encoder's weights (a pretrained tag is fetched by name instead)."""
+        return self.spec.pretrained is None and sum(p.numel() for p in self.tower.parameters()) <= EMBED_MAX_PARAMETERS
+
+    def record(self) -> dict:
+        embedded = self.embeds_weights()
+        hint = None
+        if not embedded and self.spec.pretrained is None:
+            hint = (f"load {self.spec.source or 'the same weights file'} with Load Text Encoder File "
+                    "(or t2i_core.load_text_encoder_file) and connect it")
+        return {"kind": "open_clip", **self.spec.to_dict(), "identity": self.identity, "width": self.width,
+                "context_length": self.context_length, "embedded": embedded, "name": self.spec.source, "hint": hint}
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        return self.tower.state_dict() if self.embeds_weights() else {}
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:
         tokens = self.tokenizer(prompts)
@@ -181,13 +209,86 @@ def text_tower_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     raise TextEncoderError("no CLIP text-tower weights (token_embedding.weight, transformer.*) found in the file")
 
 
-def load_text_encoder_file(path, model_name: str = "custom", text_config: dict | None = None,
+# Hugging Face transformers' CLIPTextModel layout, as ComfyUI installs keep clip_l / clip_g, alone or inside a
+# checkpoint, mapped onto open_clip's TextTransformer. One layer of each, "{}" standing for the layer number.
+HF_TEXT_MODEL_PREFIXES = ("text_model.", "cond_stage_model.transformer.text_model.", "transformer.text_model.")
+HF_LAYER_KEYS = {
+    "layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+    "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+}
+
+
+def hf_text_prefix(sd: dict[str, torch.Tensor]) -> str | None:
+    """The key prefix of a transformers-layout CLIP text model in `sd`, or None if there is none."""
+    return next((p for p in HF_TEXT_MODEL_PREFIXES if f"{p}embeddings.token_embedding.weight" in sd), None)
+
+
+def hf_projection(sd: dict[str, torch.Tensor], prefix: str) -> torch.Tensor | None:
+    """The text projection (a Linear's weight) beside a transformers-layout text model, if the file has one."""
+    return sd.get(prefix[: -len("text_model.")] + "text_projection.weight")
+
+
+def hf_text_architecture(sd: dict[str, torch.Tensor], prefix: str) -> tuple[dict, int, bool]:
+    """(open_clip text config, embed_dim, quick_gelu) read from the shapes of a transformers-layout CLIP.
+
+    Heads are width / 64, CLIP's head size throughout. The activation is not in the weights: OpenAI's CLIP
+    text towers (width 768, 12 layers: the clip_l of Stable Diffusion 1.x, SDXL, SD3 and Flux) use QuickGELU,
+    LAION's (ViT-H width 1024, bigG width 1280) use GELU, as ComfyUI's own configs for them say."""
+    vocab, width = sd[f"{prefix}embeddings.token_embedding.weight"].shape
+    context = sd[f"{prefix}embeddings.position_embedding.weight"].shape[0]
+    layers = 1 + max(int(k[len(prefix) + len("encoder.layers."):].split(".")[0])
+                     for k in sd if k.startswith(f"{prefix}encoder.layers."))
+    mlp = sd[f"{prefix}encoder.layers.0.mlp.fc1.weight"].shape[0]
+    projection = hf_projection(sd, prefix)
+    config = dict(context_length=context, vocab_size=vocab, width=width, heads=width // 64, layers=layers,
+                  mlp_ratio=mlp / width)
+    return config, int(projection.shape[0]) if projection is not None else width, (width, layers) == (768, 12)
+
+
+def hf_to_open_clip(sd: dict[str, torch.Tensor], prefix: str, layers: int) -> dict[str, torch.Tensor]:
+    """The open_clip text-tower state dict of a transformers-layout CLIP text model.
+
+    Attention's separate q/k/v projections become open_clip's stacked in_proj; the text projection (a Linear,
+    y = x W^T) becomes open_clip's matrix (x @ P), so P = W^T; without one, pooling is unprojected (P = I)."""
+    out = {"token_embedding.weight": sd[f"{prefix}embeddings.token_embedding.weight"],
+           "positional_embedding": sd[f"{prefix}embeddings.position_embedding.weight"],
+           "ln_final.weight": sd[f"{prefix}final_layer_norm.weight"], "ln_final.bias": sd[f"{prefix}final_layer_norm.bias"]}
+    for n in range(layers):
+        hf, oc = f"{prefix}encoder.layers.{n}.", f"transformer.resblocks.{n}."
+        for part in ("weight", "bias"):
+            out[f"{oc}attn.in_proj_{part}"] = torch.cat([sd[f"{hf}self_attn.{q}_proj.{part}"] for q in "qkv"])
+            for hf_name, oc_name in HF_LAYER_KEYS.items():
+                out[f"{oc}{oc_name}.{part}"] = sd[f"{hf}{hf_name}.{part}"]
+    projection = hf_projection(sd, prefix)
+    width = out["token_embedding.weight"].shape[1]
+    out["text_projection"] = projection.t() if projection is not None else torch.eye(width)
+    return out
+
+
+def load_text_encoder_file(path, model_name: str = "auto", text_config: dict | None = None,
                            pretrained: str | None = None, **spec_fields) -> FrozenCLIPTextEncoder:
-    """An encoder with weights from a local file; the architecture comes from `model_name` or `text_config`."""
+    """An encoder with weights from a local file.
+
+    A transformers-layout file (ComfyUI's clip_l, clip_g) describes its own architecture: with model_name
+    "auto" it is read from the weights. An open_clip-layout file needs its architecture named: an open_clip
+    `model_name` (e.g. "ViT-L-14"), or "custom" with `text_config`."""
+    sd = read_state_dict(path)
+    prefix = hf_text_prefix(sd)
+    if prefix is not None and model_name in ("auto", "custom") and text_config is None:
+        text_config, embed_dim, quick_gelu = hf_text_architecture(sd, prefix)
+        spec_fields = {"embed_dim": embed_dim, "quick_gelu": quick_gelu, **spec_fields}
+        model_name = "custom"
+    if model_name == "auto" and text_config is not None:
+        model_name = "custom"
+    if model_name == "auto":
+        raise TextEncoderError(f"{Path(path).name} holds open_clip-layout text weights, whose architecture the file "
+                               "does not say: give its open_clip model name (e.g. ViT-B-32, ViT-L-14), or 'custom' "
+                               "with a text_config (width, heads, layers, ...)")
     spec = TextEncoderSpec(model_name=model_name, pretrained=pretrained, text_config=text_config,
                            source=Path(path).name, **spec_fields)
     encoder = build_text_encoder(spec)
-    load_tower_weights(encoder, text_tower_state(read_state_dict(path)), str(path))
+    state = hf_to_open_clip(sd, prefix, spec.architecture()[1]["layers"]) if prefix is not None else text_tower_state(sd)
+    load_tower_weights(encoder, state, str(path))
     return encoder
 
 

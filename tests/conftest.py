@@ -12,11 +12,11 @@ def test_model():
 
 @pytest.fixture(scope="session")
 def comfy_pack():
-    """The pack imported inside this process with ComfyUI's modules (tests/comfy_inprocess.py). Skips where
+    """The pack imported inside this process with ComfyUI's modules (scripts/comfy_inprocess.py). Skips where
     ComfyUI is not set up, except in CI, where that is a broken pipeline."""
     import os
 
-    from comfy_inprocess import import_pack
+    from scripts.comfy_inprocess import import_pack
     try:
         return import_pack()
     except RuntimeError as e:

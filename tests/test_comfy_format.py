@@ -9,7 +9,7 @@ from t2i_core import Conditioning
 
 @pytest.fixture(scope="module")
 def fmt(comfy_pack):
-    from comfy_inprocess import pack_module
+    from scripts.comfy_inprocess import pack_module
     return pack_module("nodes.comfy_format")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import os
 import shutil
@@ -17,41 +16,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from integration.prompts import API_DIR, WORKFLOWS, api_workflow, nodes_of, set_inputs, tiny
 
 from scripts import make_ui_workflows as gen
-from scripts.comfy_harness import PACK_NAME, REPO_ROOT, free_port
-
-WORKFLOWS = REPO_ROOT / "workflows"
-API_DIR = WORKFLOWS / "api"
-
-
-
-
-def api_workflow(name: str) -> dict:
-    return json.loads((API_DIR / f"{name}.json").read_text())
-
-
-def nodes_of(prompt: dict, class_type: str) -> list[dict]:
-    return [n for n in prompt.values() if n["class_type"] == class_type]
-
-
-def set_inputs(prompt: dict, class_type: str, **values) -> None:
-    found = nodes_of(prompt, class_type)
-    assert found, f"the workflow has no {class_type}"
-    for node in found:
-        for key, value in values.items():
-            assert key in node["inputs"], f"{class_type} has no input {key}"
-            node["inputs"][key] = value
-
-
-def tiny(prompt: dict, prefix: str) -> dict:
-    """The same graph with CPU-test sizes and this run's own output prefix."""
-    prompt = copy.deepcopy(prompt)
-    if nodes_of(prompt, "T2IMiniGuidedSampler"):
-        set_inputs(prompt, "T2IMiniGuidedSampler", steps=3, precision="fp32")
-    for node in nodes_of(prompt, "SaveImage"):
-        node["inputs"]["filename_prefix"] = f"{prefix}/{node['inputs']['filename_prefix'].split('/')[-1]}"
-    return prompt
+from scripts.comfy_harness import PACK_NAME, free_port
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +86,24 @@ def test_guidance_sweep_template_runs(comfy, trained_by_template):
     assert grid.size == ((4 * 16 + 3) * 8, (3 * 16 + 2) * 8)  # 4 seeds x 3 scales
 
 
+def test_text_to_image_ksampler_template_runs(comfy, trained_by_template):
+    name, _, _ = trained_by_template
+    prompt = tiny(api_workflow("text_to_image_ksampler"), name)
+    set_inputs(prompt, "T2IMiniCheckpointLoader", ckpt_name=f"{name}.safetensors")
+    images = saved_images(comfy, comfy.run(prompt, timeout=120), prompt, "text_to_image_ksampler")
+    assert [im.size for im in images] == [(128, 128)] * 4
+
+
+def test_train_latent_with_your_clip_and_vae_template_runs(comfy, latent_checkpoint):
+    ckpt, prompt, entry = latent_checkpoint
+    assert (comfy.base_dir / "models" / "t2i_mini" / ckpt).is_file()
+    [image] = saved_images(comfy, entry, prompt, "latent_256")
+    assert image.size == (256, 256)
+
+
 def test_every_api_twin_is_covered():
-    covered = {"train_from_dataset", "text_to_image", "guidance_sweep"}
+    covered = {"train_from_dataset", "text_to_image", "guidance_sweep", "text_to_image_ksampler",
+               "train_latent_with_your_clip_and_vae"}
     assert {p.stem for p in Path(API_DIR).glob("*.json")} == covered, "add a run test for the new workflow"
 
 
