@@ -31,6 +31,7 @@ PARTS = [
     ("quality", "bench.quality", "image quality against training time"),
     ("steps", "bench.steps", "sampling steps against quality"),
     ("comfy_overhead", "bench.comfy_overhead", "ComfyUI's overhead over the engine"),
+    ("frozen_parts", "bench.frozen_parts", "caption encoding through core CLIP, latent caching with the SD VAE"),
     ("gpu", "bench.gpu", "sd preset on a GPU"),
 ]
 

@@ -1,13 +1,16 @@
 """Steps to quality: digit adherence against the number of sampling steps, per sampler, on a trained digits model.
 
-    .venv/bin/python -m bench.steps [--checkpoint PATH] [--quick] [--n 500] [--guidance 3]
+    .venv/bin/python -m bench.steps [--checkpoint PATH] [--quick] [--n 500] [--guidance 3] [--no-core]
 
 Without --checkpoint it uses the model bench.quality last trained (.cache/bench/digits/digits.safetensors),
 and trains one (3 minutes, the defaults) if there is none. For each sampler t2i_core offers (DDIM with eta 0,
-DDPM ancestral), DDIM with guidance only from 40% of the run on, and each step count it generates the same n
-prompts and seeds (digit i mod 10, seed i), and reports adherence (DigitsJudge), ms per image when generated in batches of 250 and ms for one image alone
-(batch 1, the latency a user waiting on one image sees). Then the figure users care about: the fewest
-seconds to an image of a given adherence, i.e. the cheapest (sampler, steps) whose adherence reaches it.
+DDPM ancestral), DDIM with guidance only from 40% of the run on, and ComfyUI's own samplers driving the same
+model as a core MODEL (euler, dpmpp_2m with karras, uni_pc, dpmpp_2m_sde with karras; in-process, through
+comfy.sample.sample as KSampler calls it), and each step count, it generates the same n prompts (digit i mod
+10; t2i_core's seed i, KSampler's noise one seed per batch) and reports adherence (DigitsJudge), FD, ms per
+image when generated in batches of 250 and ms for one image alone (batch 1, the latency a user waiting on one
+image sees). Then the figure users care about: the fewest seconds to an image of a given adherence, i.e. the
+cheapest (sampler, steps) whose adherence reaches it.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import torch
 from bench.quality import (
     BENCH_DIR,
     FULL,
+    GENERATION_BATCH,
     LATE,
     PCA_COMPONENTS,
     RESOLUTION,
@@ -39,8 +43,12 @@ from t2i_core import load_checkpoint
 from t2i_core.data.builtin import digits_caption, load_digits_arrays, make_digits_dataset
 
 STEP_COUNTS = (1, 2, 3, 5, 10, 25)
+CORE_STEP_COUNTS = (4, 6, 8, 10, 15, 25)
 # name -> (sampler, guidance interval): every sampler t2i_core offers, and DDIM guided only from 40% of the run on
 VARIANTS = {"DDIM (eta 0)": ("ddim", FULL), "DDPM": ("ddpm", FULL), "DDIM, guided from 0.4": ("ddim", LATE)}
+# name -> (ComfyUI sampler, scheduler): core samplers driving the model as a core MODEL
+CORE_VARIANTS = {"core euler": ("euler", "simple"), "core dpmpp_2m karras": ("dpmpp_2m", "karras"),
+                 "core uni_pc": ("uni_pc", "simple"), "core dpmpp_2m_sde karras": ("dpmpp_2m_sde", "karras")}
 # (adherence, FD at most this many times real-vs-real or None): adherence alone is reached by 1-step images that
 # are blurred class means, so the targets that matter also bound the distance to real images
 TARGETS = ((0.95, None), (0.98, None), (0.98, 3.0), (0.98, 2.5), (0.99, 2.5))
@@ -55,6 +63,42 @@ def single_image_ms(model, steps: int, sampler: str, guidance: float, interval, 
                        guidance_scale=guidance, sampler=sampler, guidance_interval=interval)
         times.append(time.perf_counter() - t0)
     return float(np.median(times)) * 1000
+
+
+class CoreSampling:
+    """The model as a core MODEL, sampled by ComfyUI's own code in this process (what KSampler runs)."""
+
+    def __init__(self, model):
+        from scripts.comfy_inprocess import pack_module
+        self.fmt = pack_module("nodes.comfy_format")
+        self.patcher = pack_module("nodes.comfy_model").core_model(model)
+        self.model = model
+
+    def __call__(self, prompts: list[str], seed: int, guidance: float, steps: int, sampler: str,
+                 scheduler: str) -> torch.Tensor:
+        import comfy.sample
+        positive = self.fmt.to_comfy_conditioning(self.model.encode_prompts(prompts), "cpu")
+        negative = self.fmt.to_comfy_conditioning(self.model.text_encoder.empty(), "cpu")
+        latent = torch.zeros(len(prompts), *self.model.latent_shape(RESOLUTION, RESOLUTION))
+        noise = comfy.sample.prepare_noise(latent, seed)
+        z = comfy.sample.sample(self.patcher, noise, steps, guidance, sampler, scheduler, positive, negative, latent,
+                                denoise=1.0, disable_pbar=True, seed=seed)
+        with torch.inference_mode():
+            return self.model.codec.decode_raw(z)
+
+    def generate(self, prompts, guidance, steps, sampler, scheduler, batch: int = GENERATION_BATCH):
+        out, t0 = [], time.perf_counter()
+        for i in range(0, len(prompts), batch):
+            out.append(self(prompts[i: i + batch], i, guidance, steps, sampler, scheduler))
+        return torch.cat(out), time.perf_counter() - t0
+
+    def single_image_ms(self, guidance, steps, sampler, scheduler, repeats: int = 3) -> float:
+        times = []
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            self([digits_caption(r % 10)], 10_000 + r, guidance, steps, sampler, scheduler)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times)) * 1000
 
 
 def ensure_model(checkpoint: Path | None, quick: bool, log=None):
@@ -75,7 +119,8 @@ def ensure_model(checkpoint: Path | None, quick: bool, log=None):
 
 
 def run(quick: bool = False, *, checkpoint: Path | None = None, n: int | None = None, guidance: float = 3.0,
-        step_counts: tuple[int, ...] = STEP_COUNTS, log=None) -> str:
+        step_counts: tuple[int, ...] = STEP_COUNTS, core_step_counts: tuple[int, ...] = CORE_STEP_COUNTS,
+        core: bool = True, log=None) -> str:
     n = n or (100 if quick else 500)
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     model, described = ensure_model(checkpoint, quick, log)
@@ -91,21 +136,33 @@ def run(quick: bool = False, *, checkpoint: Path | None = None, n: int | None = 
     prompts = [digits_caption(i % 10) for i in range(n)]
     seeds = list(range(n))
     load_before = os.getloadavg()[0]
-    results = {}  # (variant, steps) -> (adherence, batched s/image, single-image s)
+    results = {}  # (variant, steps) -> (adherence, batched s/image, single-image s, FD / real-vs-real)
     rows = []
+
+    def record(variant: str, steps: int, images: torch.Tensor, seconds: float, alone_ms: float):
+        adherence = judge.adherence(images, prompts)
+        fd = frechet_distance(pca(images), held_features)
+        div = within_prompt_diversity(images, labels)
+        results[(variant, steps)] = (adherence, seconds / n, alone_ms / 1000, fd / real_fd)
+        rows.append(f"| {variant} | {steps} | **{adherence:.1%}** | {fd:.2f} ({fd / real_fd:.2f}x) | {div:.3f} "
+                    f"| {seconds / n * 1000:.1f} | {alone_ms:.0f} | {seconds / n / max(adherence, 1e-9) * 1000:.1f} |")
+        if log:
+            log(f"  {variant} {steps} steps: adherence {adherence:.3f}, {seconds / n * 1000:.1f} ms/image")
+
+    repeats = 1 if quick else 3
     for variant, (sampler, interval) in VARIANTS.items():
         for steps in step_counts:
             images, seconds = generate(model, prompts, seeds, guidance, steps=steps, sampler=sampler, interval=interval)
-            adherence = judge.adherence(images, prompts)
-            fd = frechet_distance(pca(images), held_features)
-            div = within_prompt_diversity(images, labels)
-            alone = single_image_ms(model, steps, sampler, guidance, interval, repeats=1 if quick else 3) / 1000
-            results[(variant, steps)] = (adherence, seconds / n, alone, fd / real_fd)
-            label = variant
-            rows.append(f"| {label} | {steps} | **{adherence:.1%}** | {fd:.2f} ({fd / real_fd:.2f}x) | {div:.3f} "
-                        f"| {seconds / n * 1000:.1f} | {alone * 1000:.0f} | {seconds / n / max(adherence, 1e-9) * 1000:.1f} |")
-            if log:
-                log(f"  {sampler} {steps} steps: adherence {adherence:.3f}, {seconds / n * 1000:.1f} ms/image")
+            record(variant, steps, images, seconds, single_image_ms(model, steps, sampler, guidance, interval, repeats))
+    variants = list(VARIANTS)
+    if core:
+        sampling = CoreSampling(model)
+        for variant, (sampler, scheduler) in CORE_VARIANTS.items():
+            variants.append(variant)
+            for steps in core_step_counts:
+                images, seconds = sampling.generate(prompts, guidance, steps, sampler, scheduler)
+                record(variant, steps, images, seconds, sampling.single_image_ms(guidance, steps, sampler, scheduler,
+                                                                                 repeats))
     load_after = os.getloadavg()[0]
 
     def fastest(target, variant=None, column=1):
@@ -121,7 +178,7 @@ def run(quick: bool = False, *, checkpoint: Path | None = None, n: int | None = 
         return f"{value * 1000:.0f} ms ({variant}, {steps})" if value < 1 else f"{value:.2f} s ({variant}, {steps})"
     target_rows = []
     for target in TARGETS:
-        cells = [cell(fastest(target, v)) for v in VARIANTS] + [cell(fastest(target, None, 2))]
+        cells = [cell(fastest(target, v)) for v in variants] + [cell(fastest(target, None, 2))]
         fd_bound = "" if target[1] is None else f", FD ≤ {target[1]:g}x real"
         target_rows.append(f"| ≥ {target[0]:.0%}{fd_bound} | " + " | ".join(cells) + " |")
     return "\n".join([
@@ -140,8 +197,8 @@ def run(quick: bool = False, *, checkpoint: Path | None = None, n: int | None = 
         "Seconds to an image of a given adherence (and, in the later rows, a bounded FD): the cheapest setting "
         "that reaches it.",
         "",
-        "| target | " + " | ".join(f"{v}, batched" for v in VARIANTS) + " | any, one image alone |",
-        "|---" * (len(VARIANTS) + 2) + "|",
+        "| target | " + " | ".join(f"{v}, batched" for v in variants) + " | any, one image alone |",
+        "|---" * (len(variants) + 2) + "|",
         *target_rows,
     ]) + "\n"
 
@@ -153,12 +210,16 @@ def main(argv=None):
     p.add_argument("--n", type=int, help="images per row (default 500)")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--steps", default=",".join(map(str, STEP_COUNTS)), help="comma-separated step counts")
+    p.add_argument("--core-steps", default=",".join(map(str, CORE_STEP_COUNTS)),
+                   help="comma-separated step counts for ComfyUI's samplers")
+    p.add_argument("--no-core", action="store_true", help="leave out ComfyUI's samplers (no ComfyUI needed)")
     p.add_argument("--out", type=Path, help="also write the markdown here")
     p.add_argument("-q", "--quiet", action="store_true")
     a = p.parse_args(argv)
     log = None if a.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     text = run(a.quick, checkpoint=a.checkpoint, n=a.n, guidance=a.guidance,
-               step_counts=tuple(int(s) for s in a.steps.split(",")), log=log)
+               step_counts=tuple(int(s) for s in a.steps.split(",")),
+               core_step_counts=tuple(int(s) for s in a.core_steps.split(",")), core=not a.no_core, log=log)
     print(text)
     if a.out:
         a.out.write_text(text)

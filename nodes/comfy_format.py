@@ -26,7 +26,8 @@ CODEC_KEY = "t2i_mini_codec"
 def part_stamp(part) -> dict:
     """What a CONDITIONING or LATENT records about the part that made it: identity and name."""
     record = part.record()
-    return {"identity": part.identity, "name": record.get("name") or record.get("source"), "kind": record.get("kind")}
+    return {"identity": part.identity, "name": record.get("name") or record.get("source"), "kind": record.get("kind"),
+            "label": record.get("label")}
 
 
 def to_comfy_conditioning(cond: Conditioning, device, text_encoder=None) -> list:

@@ -167,14 +167,14 @@ class GuidedSampler(io.ComfyNode):
         if guidance_start > guidance_end:
             raise ValueError(f"guidance_start ({guidance_start}) is after guidance_end ({guidance_end}): set start "
                              "<= end (0 = the start of sampling, 1 = its end)")
+        batch = z.shape[0]
+        cond = match_batch(from_comfy_conditioning(positive, "positive", unet_cfg.context_dim), batch, "positive")
+        uncond = match_batch(from_comfy_conditioning(negative, "negative", unet_cfg.context_dim), batch, "negative")
         if check_text_encoder:
             trained_with = model.text_encoder.record()
             for name, conditioning in (("positive", positive), ("negative", negative)):
                 check_same_part("text encoder", trained_with, text_encoder_stamp(conditioning),
                                 override=f"check_text_encoder off (the {name} conditioning differs)")
-        batch = z.shape[0]
-        cond = match_batch(from_comfy_conditioning(positive, "positive", unet_cfg.context_dim), batch, "positive")
-        uncond = match_batch(from_comfy_conditioning(negative, "negative", unet_cfg.context_dim), batch, "negative")
 
         device = mm.get_torch_device()
         model.to(device)

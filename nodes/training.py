@@ -17,7 +17,7 @@ from ..t2i_core import PRESETS
 from ..t2i_core.data.folder import fingerprint
 from ..t2i_core.devices import PRECISIONS
 from ..t2i_core.plot import loss_curve_image
-from ..t2i_core.train import TrainCallbacks, TrainConfig, train
+from ..t2i_core.train import Progress, TrainCallbacks, TrainConfig, train
 from . import paths
 from .comfy_format import images_to_comfy, preview
 from .comfy_model import core_model
@@ -26,6 +26,20 @@ from .types import CATEGORY, T2IModel, codec_input, combo_error, text_encoder_in
 
 log = logging.getLogger("t2i_mini")
 TRAINING = f"{CATEGORY}/training"
+# The websocket event with each step's numbers (ComfyUI's own "progress" event carries step and total only):
+# {"node", "prompt_id", "step", "total", "loss", "lr", "images_per_s", "eta_s"}, to the client that queued the prompt.
+TRAINING_EVENT = "t2i_mini.training"
+
+
+def send_training_status(hidden, p: Progress) -> None:
+    try:
+        from server import PromptServer
+        server = PromptServer.instance
+    except (ImportError, AttributeError):  # no server: the engine used in-process
+        return
+    server.send_sync(TRAINING_EVENT, {"node": getattr(hidden, "unique_id", None), "prompt_id": server.last_prompt_id,
+                                      "step": p.step, "total": p.total, "loss": p.loss, "lr": p.lr,
+                                      "images_per_s": p.images_per_s, "eta_s": p.eta_s}, server.client_id)
 
 
 class Train(io.ComfyNode):
@@ -149,8 +163,12 @@ class Train(io.ComfyNode):
             except mm.InterruptProcessingException:
                 cancelled.append(step)
 
+        def progress(p: Progress):
+            report(p.step)
+            send_training_status(cls.hidden, p)
+
         callbacks = TrainCallbacks(
-            on_progress=lambda p: report(p.step),
+            on_progress=progress,
             should_stop=lambda: bool(cancelled) or mm.processing_interrupted(),
             on_validation=lambda step, images: report(step, preview(images)),
             log=lambda message: log.info("T2I Mini: %s", message),

@@ -26,7 +26,7 @@ class PartMismatchError(ValueError):
 
 def describe(record: dict) -> str:
     """'clip_l.safetensors (weights 1a2b3c4d)' for a part record; the identity alone when there is no name."""
-    name = record.get("name") or record.get("source")
+    name = record.get("name") or record.get("source") or record.get("label")
     digest = f"weights {str(record.get('identity', '?'))[:8]}"
     return f"{name} ({digest})" if name else f"an unnamed {record.get('kind', 'part')} ({digest})"
 

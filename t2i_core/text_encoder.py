@@ -135,7 +135,9 @@ class FrozenCLIPTextEncoder(nn.Module):
             hint = (f"load {self.spec.source or 'the same weights file'} with Load Text Encoder File "
                     "(or t2i_core.load_text_encoder_file) and connect it")
         return {"kind": "open_clip", **self.spec.to_dict(), "identity": self.identity, "width": self.width,
-                "context_length": self.context_length, "embedded": embedded, "name": self.spec.source, "hint": hint}
+                "context_length": self.context_length, "embedded": embedded, "name": self.spec.source, "hint": hint,
+                "label": self.spec.pretrained and f"{self.spec.model_name}/{self.spec.pretrained}"
+                or f"the {self.spec.model_name} text tower with random weights (seed {self.spec.seed})"}
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         return self.tower.state_dict() if self.embeds_weights() else {}

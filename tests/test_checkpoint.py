@@ -138,3 +138,22 @@ def test_invalid_config(saved):
         load_checkpoint(rewrite(path, tensors, {**meta, "unet_config": json.dumps({"bogus": 1})}))
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_checkpoint(rewrite(path, tensors, {**meta, "schedule": "{oops"}))
+
+
+def test_a_large_text_encoder_is_named_not_copied(test_model, tmp_path, monkeypatch):
+    from t2i_core import text_encoder as te_module
+    from t2i_core.external import ExternalTextEncoder, MissingPartError
+    monkeypatch.setattr(te_module, "EMBED_MAX_PARAMETERS", 0)  # as a CLIP-L is, beyond the embedding limit
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, test_model)
+    with safe_open(str(path), framework="pt") as f:
+        assert not any(k.startswith("text_encoder.") for k in f.keys())  # noqa: SIM118
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded.text_encoder, ExternalTextEncoder)
+    assert loaded.text_encoder.identity == test_model.text_encoder.identity
+    assert loaded.text_encoder.width == test_model.text_encoder.width
+    with pytest.raises(MissingPartError, match="Load Text Encoder File"):
+        loaded.generate("a red circle", seeds=[0], height=8, width=8, steps=2)
+    # given the encoder it was trained with, the checkpoint generates as before
+    loaded.text_encoder = test_model.text_encoder
+    assert torch.equal(images(loaded), images(test_model))

@@ -116,3 +116,48 @@ def test_pretrained_tag_already_in_cache_loads_offline(named_model_config, tmp_p
     loaded = load_pretrained_text_encoder(named_model_config, "test", cache_dir=str(tmp_path))
     assert loaded.spec.pretrained == "test"
     torch.testing.assert_close(loaded.encode("y").conditioning.context, reference.encode("y").conditioning.context)
+
+
+@pytest.fixture(scope="module")
+def hf_clip(tmp_path_factory):
+    """A small CLIP text model in Hugging Face transformers' layout (ComfyUI's clip_l layout), and the model."""
+    transformers = pytest.importorskip("transformers")  # installed with ComfyUI's requirements
+    cfg = transformers.CLIPTextConfig(vocab_size=49408, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+                                      num_attention_heads=2, max_position_embeddings=77, projection_dim=64,
+                                      hidden_act="gelu")
+    torch.manual_seed(0)
+    model = transformers.CLIPTextModelWithProjection(cfg).eval()
+    path = tmp_path_factory.mktemp("hf") / "clip_small.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path, model
+
+
+def test_hugging_face_layout_reads_its_architecture_and_matches_transformers(hf_clip):
+    path, model = hf_clip
+    encoder = load_text_encoder_file(path)  # model_name "auto": the file says width, layers, projection
+    assert encoder.spec.text_config["width"] == 128 and encoder.spec.text_config["layers"] == 2
+    assert encoder.spec.embed_dim == 64 and not encoder.spec.quick_gelu and encoder.spec.source == path.name
+    prompts = ["a large red circle on the left", "a dog"]
+    out = encoder.encode(prompts).conditioning
+    tokens, _ = encoder.tokenize(prompts)
+    with torch.no_grad():
+        ref = model(input_ids=tokens)
+    for row, real in enumerate(out.key_mask.sum(dim=1).tolist()):
+        # causal attention: the states up to end-of-text are the same whatever the padding
+        torch.testing.assert_close(out.context[row, :real], ref.last_hidden_state[row, :real], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.pooled, ref.text_embeds, rtol=1e-4, atol=1e-5)
+
+
+def test_open_clip_layout_without_an_architecture_is_refused_with_the_fix(encoder, tmp_path):
+    path = tmp_path / "oc.safetensors"
+    save_file({k: v.contiguous() for k, v in encoder.tower.state_dict().items()}, str(path))
+    with pytest.raises(TextEncoderError, match="give its open_clip model name .* or 'custom' with a text_config"):
+        load_text_encoder_file(path)
+
+
+def test_identity_is_the_weights_not_the_file_name(hf_clip, tmp_path):
+    path, _ = hf_clip
+    copy = tmp_path / "renamed.safetensors"
+    copy.write_bytes(path.read_bytes())
+    a, b = load_text_encoder_file(path), load_text_encoder_file(copy)
+    assert a.identity == b.identity and a.record()["name"] != b.record()["name"]

@@ -15,7 +15,8 @@ from scripts.comfy_harness import PACK_NAME, execution_error
 EXPECTED_NODES = {
     "T2IMiniCheckpointLoader", "T2IMiniTinyTextEncoder", "T2IMiniOpenCLIPTextEncoder", "T2IMiniTextEncoderFile",
     "T2IMiniVAELoader", "T2IMiniPixelCodec", "T2IMiniTextEncode", "T2IMiniEmptyConditioning",
-    "T2IMiniNoiseLatent", "T2IMiniGuidedSampler", "T2IMiniDecode", "T2IMiniTrain", "T2IMiniMakeDataset",
+    "T2IMiniNoiseLatent", "T2IMiniEmptyLatent", "T2IMiniGuidedSampler", "T2IMiniDecode", "T2IMiniTrain",
+    "T2IMiniMakeDataset",
     "T2IMiniImageGrid",
 }
 PROMPT = "a large red circle on the left"
