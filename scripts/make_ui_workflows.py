@@ -43,7 +43,8 @@ NOTES = {
         "`input/t2i_shapes/`.\n2. **Train from Dataset** trains a tiny U-Net (3M parameters) with the tiny random "
         "text encoder and saves `models/t2i_mini/shapes.safetensors` (resumable: Cancel keeps a checkpoint, and "
         "queueing again continues it).\n3. The trained model samples a grid: one row per prompt, one column per "
-        "seed.\n\nAbout 5 minutes on a 2-core CPU; validation images appear on the training node as it runs."),
+        "seed.\n\nTraining stops after 3 minutes (its max_minutes budget) on a 2-core CPU, or earlier at 600 steps on a "
+        "faster one; validation images appear on the training node as it runs."),
     "guidance_sweep": (
         "## Guidance sweep\n\nThe same noise sampled at guidance scales 1, 3 and 7.5 (one row each): higher "
         "scales follow the prompt more closely and vary less.\n\nNeeds `shapes.safetensors` from the "
