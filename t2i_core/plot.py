@@ -26,7 +26,10 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
         return [lo]
     raw = (hi - lo) / max(1, count - 1)
     power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+
+    def ticks_with(step):
+        return math.floor(hi / step + 1e-9) - math.ceil(lo / step - 1e-9) + 1
+    step = min((m * power for m in (1, 2, 5, 10)), key=lambda st: (abs(ticks_with(st) - count), -st))
     first = math.ceil(lo / step - 1e-9) * step
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
@@ -34,9 +37,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 def tick_label(value: float) -> str:
     if value == 0:
         return "0"
-    if abs(value) >= 1e4 or abs(value) < 1e-3:
-        return f"{value:.0e}"
-    return f"{value:.4g}"
+    return f"{value:.2g}" if abs(value) >= 1e4 or abs(value) < 1e-3 else f"{value:.4g}"
 
 
 def loss_curve_image(history: list[dict], width: int = 512, height: int = 256) -> torch.Tensor:
