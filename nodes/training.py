@@ -70,7 +70,7 @@ class Train(io.ComfyNode):
                                        "it the model is saved and returned as it is. 0: no budget."),
                 io.Int.Input("batch_size", default=64, min=1, max=4096, tooltip="Images per step."),
                 io.Float.Input("learning_rate", default=0.001, min=0.0000001, max=1.0, step=0.00001,
-                               tooltip="AdamW learning rate (after a 100-step warmup)."),
+                               tooltip=f"AdamW learning rate (after a {TrainConfig.warmup_steps}-step warmup)."),
                 io.Float.Input("cfg_dropout", default=0.1, min=0.0, max=0.95, step=0.01,
                                tooltip="Share of captions replaced by the empty prompt, so the model also learns "
                                        "the unconditional prediction that guidance needs."),

@@ -36,6 +36,13 @@ class UNetConfig:
     context_dim: int = 256
     transformer_depth: int = 1
     dropout: float = 0.0
+    # Add the mean of the real tokens' states to the timestep embedding, so every ResBlock, not only the
+    # transformer blocks, sees the whole prompt (as Imagen and SDXL add a pooled text vector). Global
+    # attributes (color, size) are then learned in far fewer steps: docs/QUALITY.md, "What moved it".
+    text_in_time_embedding: bool = False
+    # Give conv_in two more input channels holding each pixel's x and y in -1..1 (CoordConv, Liu et al. 2018).
+    # Convolutions and attention are otherwise blind to absolute position, which "on the left" is about.
+    coordinate_channels: bool = False
 
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
@@ -297,6 +304,22 @@ def trim_padding(context: torch.Tensor, key_mask: torch.Tensor | None):
     return context[:, :length], key_mask[:, :length]
 
 
+def with_coordinates(x: torch.Tensor) -> torch.Tensor:
+    """x (B, C, H, W) with two channels more: the x and y of each pixel centre, from -1 to 1 across the image."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+    return torch.cat([x, xs, ys], dim=1)
+
+
+def mean_of_real_tokens(context: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, D): the average state of each row's real tokens (key_mask True), padding left out."""
+    if key_mask is None:
+        return context.mean(dim=1)
+    weights = key_mask.to(context.dtype)[..., None]
+    return (context * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
 @dataclass
 class PreparedContext:
     """The text as the U-Net reads it, computed once per sampling run.
@@ -325,7 +348,8 @@ class TextConditionedUNet(nn.Module):
         ch = [cfg.base_channels * m for m in cfg.channel_mult]
         temb_dim = cfg.base_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(cfg.base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.text_embed = nn.Linear(cfg.context_dim, temb_dim) if cfg.text_in_time_embedding else None
+        self.conv_in = nn.Conv2d(cfg.in_channels + 2 * cfg.coordinate_channels, ch[0], 3, padding=1)
 
         self.down = nn.ModuleList()
         skip_ch = [ch[0]]
@@ -394,9 +418,16 @@ class TextConditionedUNet(nn.Module):
         t = t.reshape(-1)
         if t.shape[0] not in (1, batch):
             raise ValueError(f"{t.shape[0]} timesteps for {batch} images: give one, or one per image")
+        if self.text_embed is not None and groups > 1:
+            # the text reaches the first ResBlock, so nothing is shared between the conditionings
+            x, t = x.repeat(groups, 1, 1, 1), t.repeat(groups) if t.shape[0] > 1 else t
+            batch, groups = x.shape[0], 1
 
         # one timestep for the batch (sampling): embed it once and let it broadcast
-        temb = F.silu(self.time_embed(timestep_embedding(t, self.cfg.base_channels).to(x.dtype)))
+        temb = self.time_embed(timestep_embedding(t, self.cfg.base_channels).to(x.dtype))
+        if self.text_embed is not None:
+            temb = temb + self.text_embed(mean_of_real_tokens(ctx, mask).to(temb.dtype))
+        temb = F.silu(temb)
         temb_wide = temb.repeat(groups, 1) if groups > 1 and temb.shape[0] > 1 else temb
         if mask is not None:  # built once for every attention: additive, (B, heads, queries, keys)
             bias = torch.zeros(mask.shape, dtype=compute_dtype(x), device=mask.device)
@@ -405,7 +436,7 @@ class TextConditionedUNet(nn.Module):
         def temb_for(h):
             return temb if h.shape[0] == temb.shape[0] else temb_wide
 
-        h = self.conv_in(x)
+        h = self.conv_in(with_coordinates(x) if self.cfg.coordinate_channels else x)
         skips = [h]
         for m in self.down:
             h = m(h, temb_for(h), ctx, mask, kv_iter) if isinstance(m, UNetStage) else m(h)
