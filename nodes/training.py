@@ -54,7 +54,8 @@ class Train(io.ComfyNode):
                         "saves a checkpoint that a later run with resume on continues exactly.",
             inputs=[
                 io.Combo.Input("dataset", options=paths.dataset_choices(), default=paths.NO_DATASET,
-                               tooltip="A subfolder of ComfyUI's input folder holding the images and captions. "
+                               tooltip="A subfolder of ComfyUI's input folder (or of a dataset folder the "
+                                       "server's operator allows) holding the images and captions. "
                                        f"'{paths.NO_DATASET}' uses the dataset_path input instead."),
                 text_encoder_input(tooltip="The frozen text encoder; the model only understands this encoder, so "
                                            "generate with the same one."),
@@ -99,8 +100,9 @@ class Train(io.ComfyNode):
                                  tooltip="torch.compile the U-Net for training: on a GPU about 1.3x faster steps after "
                                          "a few minutes of compiling, so for long runs; on CPUs usually slower."),
                 io.String.Input("dataset_path", optional=True, force_input=True,
-                                tooltip="A dataset folder path (absolute, or relative to ComfyUI's input folder), "
-                                        "e.g. from Make Dataset; overrides the dataset dropdown."),
+                                tooltip="A dataset folder: a subfolder of ComfyUI's input folder (by name, or its "
+                                        "absolute path as Make Dataset gives it) or of a folder the server's "
+                                        "operator allows; overrides the dataset dropdown."),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             outputs=[
