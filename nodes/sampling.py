@@ -19,7 +19,7 @@ from .comfy_format import (
     text_encoder_stamp,
 )
 from .comfy_parts import as_codec
-from .types import CATEGORY, T2IModel, codec_input, combo_error
+from .types import CATEGORY, Node, T2IModel, codec_input
 
 SAMPLING = f"{CATEGORY}/sampling"
 MAX_SIZE = 8192
@@ -31,7 +31,7 @@ VAE_PREVIEW_MAX_CELLS = 32 * 32  # decode VAE previews only for latents this sma
 PREVIEWS_PER_RUN = 8
 
 
-class NoiseLatent(io.ComfyNode):
+class NoiseLatent(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -79,7 +79,7 @@ def latent_for(codec, model, width: int, height: int):
                                what="width and height")
 
 
-class EmptyLatent(io.ComfyNode):
+class EmptyLatent(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -107,7 +107,7 @@ class EmptyLatent(io.ComfyNode):
         return io.NodeOutput({"samples": torch.zeros(batch_size, *shape, device=mm.intermediate_device())})
 
 
-class GuidedSampler(io.ComfyNode):
+class GuidedSampler(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -149,10 +149,6 @@ class GuidedSampler(io.ComfyNode):
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent; decode it with the model's codec.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, sampler_name, precision):
-        return combo_error(cls, sampler_name=sampler_name, precision=precision) or True
 
     @classmethod
     def execute(cls, model, positive, negative, latent, steps, cfg, sampler_name, eta, guidance_rescale,
@@ -203,7 +199,7 @@ class GuidedSampler(io.ComfyNode):
                                           "shift_factor": getattr(codec, "shift_factor", 0.0)}})
 
 
-class Decode(io.ComfyNode):
+class Decode(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(

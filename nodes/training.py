@@ -22,7 +22,7 @@ from . import paths
 from .comfy_format import images_to_comfy, preview
 from .comfy_model import core_model
 from .comfy_parts import as_codec, as_text_encoder, loader_of
-from .types import CATEGORY, T2IModel, codec_input, combo_error, text_encoder_input
+from .types import CATEGORY, Node, T2IModel, codec_input, text_encoder_input
 
 log = logging.getLogger("t2i_mini")
 TRAINING = f"{CATEGORY}/training"
@@ -42,7 +42,7 @@ def send_training_status(hidden, p: Progress) -> None:
                                       "images_per_s": p.images_per_s, "eta_s": p.eta_s}, server.client_id)
 
 
-class Train(io.ComfyNode):
+class Train(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -116,10 +116,7 @@ class Train(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dataset, preset, precision, checkpoint_name):
-        problem = combo_error(cls, dataset=dataset, preset=preset, precision=precision)
-        if problem:
-            return problem
+    def validate_inputs(cls, checkpoint_name):
         if checkpoint_name is None:  # linked: checked when the node runs
             return True
         try:
