@@ -99,6 +99,10 @@ class Train(Node):
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="torch.compile the U-Net for training: on a GPU about 1.3x faster steps after "
                                          "a few minutes of compiling, so for long runs; on CPUs usually slower."),
+                io.Boolean.Input("allow_large_sizes", default=False, optional=True,
+                                 tooltip="Off: refuse a resolution whose largest attention layer has over 4096 "
+                                         "positions (128 px for tiny on pixels), with the cost estimate. On: train "
+                                         "at it anyway."),
                 io.String.Input("dataset_path", optional=True, force_input=True,
                                 tooltip="A dataset folder: a subfolder of ComfyUI's input folder (by name, or its "
                                         "absolute path as Make Dataset gives it) or of a folder the server's "
@@ -137,7 +141,8 @@ class Train(Node):
     @classmethod
     def execute(cls, dataset, text_encoder, codec, preset, steps, max_minutes, batch_size, learning_rate,
                 cfg_dropout, resolution, seed, checkpoint_name, resume, validation_prompts, validation_every,
-                checkpoint_every, precision, compile=False, dataset_path=None) -> io.NodeOutput:
+                checkpoint_every, precision, compile=False, allow_large_sizes=False,
+                dataset_path=None) -> io.NodeOutput:
         folder = paths.dataset_folder(dataset, dataset_path)
         output = paths.checkpoint_output_path(checkpoint_name)
         config = TrainConfig(
@@ -146,7 +151,7 @@ class Train(Node):
             resume=resume,
             validation_prompts=[p.strip() for p in validation_prompts.splitlines() if p.strip()],
             validation_every=validation_every, checkpoint_every=checkpoint_every, precision=precision,
-            compile=compile)
+            compile=compile, allow_large_sizes=allow_large_sizes)
 
         # a core CLIP or VAE is recorded in the checkpoint by the loader node and file it came from
         text_encoder = as_text_encoder(text_encoder, loader_of(cls.hidden, "text_encoder"))
