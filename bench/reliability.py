@@ -43,11 +43,11 @@ def run(quick: bool = False) -> Section:
     from t2i_core.conditioning import concat_conditionings, match_batch
     table = Table(f"`{PRESET}` forward pass, CFG batch of 2 images, fp32, median of {repeats} (interleaved)",
                   ["size", "variant", "ms / forward", "vs no hook", "spread of repeats"])
+    t = torch.tensor([500])
     for res in (16, 32):
         both = concat_conditionings(match_batch(uncond, 2), match_batch(cond, 2))
         prepared = unet.prepare_context(both.context, both.key_mask)
         x = torch.randn(2, 3, res, res)
-        t = torch.tensor([500])
 
         def plain(x=x, p=prepared):
             return unet(x, t, p)
