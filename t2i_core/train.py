@@ -40,6 +40,7 @@ from .sampler import make_noise, sample
 from .schedule import NoiseSchedule, ScheduleConfig
 from .train_state import (
     TrainingError,
+    TrainingLock,
     TrainState,
     keep_snapshot,
     load_train_state,
@@ -265,7 +266,13 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.elapsed_s = 0.0
-        self.resume_or_start()
+        # held from reading the state to the last save (released by run); a second run on this name is refused
+        self.lock = TrainingLock(self.output).acquire()
+        try:
+            self.resume_or_start()
+        except BaseException:
+            self.lock.release()
+            raise
 
     # ---- data ----
     def encode_latents(self) -> torch.Tensor:
@@ -403,6 +410,12 @@ class Trainer:
             self.cb.on_validation(self.step, self.codec.decode(z).cpu())
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> TrainResult:
         cfg = self.cfg
         stopped = out_of_time = False
         start_step, t0 = self.step, time.perf_counter()
