@@ -33,3 +33,15 @@ def test_a_full_disk_keeps_the_previous_file_and_says_so(tmp_path):
         atomic_write(target, full)
     assert target.read_bytes() == b"good"
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
+
+
+def test_a_full_disk_under_the_safetensors_writer_is_named_too(tmp_path):
+    # safetensors' Rust writer raises SafetensorError, not OSError, for ENOSPC (seen on a full tmpfs)
+    from safetensors import SafetensorError
+    target = atomic_write(tmp_path / "m.safetensors", lambda tmp: tmp.write_bytes(b"good"))
+
+    def full(tmp):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    with pytest.raises(OSError, match="the disk is full") as error:
+        atomic_write(target, full)
+    assert error.value.errno == errno.ENOSPC and target.read_bytes() == b"good"
