@@ -70,6 +70,28 @@ def run(quick: bool = False) -> Section:
             section.summary[f"reliability_{res}_{name}"] = tm.median / base
     section.tables.append(table)
 
+    latency = Table("How long Cancel can wait: the longest time between two interrupt checks, against one "
+                    "forward pass (the wait when Cancel is checked between steps only); `tiny` trained at 16 px, "
+                    "CFG batch of 2 images, fp32",
+                    ["size", "x the trained positions", "forward s (between steps)", "longest gap s (between "
+                     "blocks)", "gap / forward"])
+    sizes = (64,) if quick else (64, 128, 192)
+    for res in sizes:
+        both = concat_conditionings(match_batch(uncond, 2), match_batch(cond, 2))
+        prepared = unet.prepare_context(both.context, both.key_mask)
+        x = torch.randn(2, 3, res, res)
+        marks = []
+        with torch.inference_mode(), unet.calling_between_blocks(lambda m=marks: m.append(time.perf_counter())):
+            unet(x, t, prepared)  # warm-up
+            marks.clear()
+            start = time.perf_counter()
+            unet(x, t, prepared)
+        gaps = [b - a for a, b in zip([start, *marks], marks)]
+        forward = marks[-1] - start
+        latency.add(f"{res}x{res}", (res // 16) ** 2, forward, max(gaps), max(gaps) / forward)
+        section.summary[f"reliability_cancel_gap_{res}"] = max(gaps)
+    section.tables.append(latency)
+
     n = 10_000
     t0 = time.perf_counter()
     for _ in range(n):
