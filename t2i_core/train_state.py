@@ -210,7 +210,7 @@ class TrainingLock:
                     continue
                 who = (f"process {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
                        if holder else "a process that is starting")
-                mine = " (this process: a run that is still open)" if holder.get("pid") == os.getpid() else ""
+                mine = ": this process, a run still open" if holder.get("pid") == os.getpid() else ""
                 raise TrainingError(
                     f"{self.output.name} is being trained by another run ({who}{mine}); nothing was written. Wait "
                     f"for it to finish or cancel it, or choose another checkpoint name. If no such run exists, "

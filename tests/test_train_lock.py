@@ -30,7 +30,7 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path):
         info = json.loads(lock_path(output).read_text())
         assert info["pid"] == os.getpid()
         with pytest.raises(TrainingError, match=rf"m.safetensors is being trained by another run \(process "
-                                                rf"{os.getpid()} .*this process.*delete .*m.lock"):
+                                                rf"{os.getpid()} .*: this process.*delete .*m.lock"):
             TrainingLock(output).acquire()
     assert not lock_path(output).exists()
     TrainingLock(output).acquire().release()
