@@ -98,7 +98,8 @@ class DiffusionModel(torch.nn.Module):
                         allow_large=os.environ.get(ALLOW_LARGE_SIZES_ENV) == "1",
                         override=f"sample with the Guided DDIM Sampler and allow_large_sizes on (for KSampler, the "
                                  f"server's operator can set {ALLOW_LARGE_SIZES_ENV}=1)")
-        with autocast(x.device, precision), self.unet.calling_between_blocks(mm.throw_exception_if_processing_interrupted):
+        check_cancel = self.unet.calling_between_blocks(mm.throw_exception_if_processing_interrupted)
+        with autocast(x.device, precision), check_cancel:
             return self.unet(x, timesteps, context, key_mask).float()
 
 
