@@ -14,6 +14,8 @@ pixel models, Stable Diffusion's factors for its VAE.
 """
 from __future__ import annotations
 
+import os
+
 import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
@@ -66,12 +68,22 @@ class T2IMiniModelConfig(comfy.supported_models_base.BASE):
         self.supported_inference_dtypes = [torch.float32]
 
 
+# KSampler and the other core samplers have no input of ours, so sizes beyond the limit (t2i_core.geometry) are
+# refused on this path unless the server's operator sets this environment variable to 1.
+ALLOW_LARGE_SIZES_ENV = "T2I_MINI_ALLOW_LARGE_SIZES"
+
+
 class DiffusionModel(torch.nn.Module):
-    """Our U-Net under the call ComfyUI makes of a diffusion model: (x, t, context=..., attention_mask=...)."""
+    """Our U-Net under the call ComfyUI makes of a diffusion model: (x, t, context=..., attention_mask=...).
+
+    Each call first checks the size against what the model was trained at, and runs with ComfyUI's interrupt
+    checked between the U-Net's blocks, so Cancel stops even a large image within about one block."""
 
     def __init__(self, model: T2IModel):
         super().__init__()
         self.unet = model.unet
+        self.check_size = model.check_size
+        self.codec_factor = model.codec.factor
 
     @property
     def dtype(self) -> torch.dtype:
@@ -82,7 +94,12 @@ class DiffusionModel(torch.nn.Module):
         key_mask = None if attention_mask is None else attention_mask.reshape(attention_mask.shape[0], -1) > 0.5
         # fp32 on the CPU, as ComfyUI runs its own models there; bf16 autocast on a GPU that has it
         precision = "fp32" if x.device.type == "cpu" else "auto"
-        with autocast(x.device, precision):
+        self.check_size(x.shape[-2] * self.codec_factor, x.shape[-1] * self.codec_factor, batch=x.shape[0],
+                        allow_large=os.environ.get(ALLOW_LARGE_SIZES_ENV) == "1",
+                        override=f"sample with the Guided DDIM Sampler and allow_large_sizes on (for KSampler, the "
+                                 f"server's operator can set {ALLOW_LARGE_SIZES_ENV}=1)")
+        check_cancel = self.unet.calling_between_blocks(mm.throw_exception_if_processing_interrupted)
+        with autocast(x.device, precision), check_cancel:
             return self.unet(x, timesteps, context, key_mask).float()
 
 

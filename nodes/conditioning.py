@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from .comfy_format import to_comfy_conditioning
 from .comfy_parts import as_text_encoder, loader_of
-from .types import CATEGORY, text_encoder_input
+from .types import CATEGORY, Node, text_encoder_input
 
 log = logging.getLogger("t2i_mini")
 CONDITIONING = f"{CATEGORY}/conditioning"
@@ -22,7 +22,7 @@ def prompt_list(text: str, one_per_line: bool) -> list[str]:
     return lines or [""]
 
 
-class TextEncode(io.ComfyNode):
+class TextEncode(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -58,7 +58,7 @@ class TextEncode(io.ComfyNode):
         return io.NodeOutput(to_comfy_conditioning(encoded.conditioning, mm.intermediate_device(), text_encoder))
 
 
-class EmptyConditioning(io.ComfyNode):
+class EmptyConditioning(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -5,12 +5,12 @@ from comfy_api.latest import io
 
 from ..t2i_core.data.builtin import make_digits_dataset, make_shapes_dataset
 from . import paths
-from .types import CATEGORY, combo_error
+from .types import CATEGORY, Node
 
 DATASETS = ("shapes", "digits")
 
 
-class MakeDataset(io.ComfyNode):
+class MakeDataset(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -40,10 +40,7 @@ class MakeDataset(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dataset, folder_name):
-        problem = combo_error(cls, dataset=dataset)
-        if problem:
-            return problem
+    def validate_inputs(cls, folder_name):
         if folder_name is None:  # linked: checked when the node runs
             return True
         try:

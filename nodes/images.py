@@ -4,10 +4,10 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .comfy_format import grid
-from .types import CATEGORY
+from .types import CATEGORY, Node
 
 
-class ImageGrid(io.ComfyNode):
+class ImageGrid(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(

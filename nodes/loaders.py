@@ -19,13 +19,13 @@ from ..t2i_core.codecs import VAE_FAMILIES
 from ..t2i_core.external import describe
 from . import paths
 from .comfy_model import core_model
-from .types import CATEGORY, Codec, T2IModel, TextEncoder, combo_error
+from .types import CATEGORY, Codec, Node, T2IModel, TextEncoder
 
 LOADERS = f"{CATEGORY}/loaders"
 log = logging.getLogger("t2i_mini")
 
 
-class CheckpointLoader(io.ComfyNode):
+class CheckpointLoader(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -81,7 +81,7 @@ class CheckpointLoader(io.ComfyNode):
         return io.NodeOutput(model, model.text_encoder, model.codec, core_model(model), ui=ui_text)
 
 
-class TinyTextEncoder(io.ComfyNode):
+class TinyTextEncoder(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -104,7 +104,7 @@ class TinyTextEncoder(io.ComfyNode):
         return io.NodeOutput(tiny_text_encoder(seed))
 
 
-class OpenCLIPTextEncoder(io.ComfyNode):
+class OpenCLIPTextEncoder(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -142,7 +142,7 @@ class OpenCLIPTextEncoder(io.ComfyNode):
         return io.NodeOutput(load_pretrained_text_encoder(model_name.strip(), pretrained.strip()))
 
 
-class TextEncoderFile(io.ComfyNode):
+class TextEncoderFile(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -168,10 +168,6 @@ class TextEncoderFile(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, file):
-        return combo_error(cls, file=file) or True
-
-    @classmethod
     def fingerprint_inputs(cls, file, model_name, text_config):
         try:
             return paths.file_stamp(paths.text_encoder_file(file))
@@ -193,7 +189,7 @@ class TextEncoderFile(io.ComfyNode):
         return io.NodeOutput(load_text_encoder_file(path, model_name="custom", text_config=config))
 
 
-class VAELoader(io.ComfyNode):
+class VAELoader(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -216,10 +212,6 @@ class VAELoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, vae_name, family="auto"):
-        return combo_error(cls, vae_name=vae_name, family=family) or True
-
-    @classmethod
     def fingerprint_inputs(cls, vae_name, family="auto"):
         try:
             return f"{paths.file_stamp(paths.vae_path(vae_name))}:{family}"
@@ -231,7 +223,7 @@ class VAELoader(io.ComfyNode):
         return io.NodeOutput(load_vae(paths.vae_path(vae_name), family=family))
 
 
-class PixelCodecNode(io.ComfyNode):
+class PixelCodecNode(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -3,6 +3,12 @@
 `models/t2i_mini/` is registered with ComfyUI's folder_paths (so extra_model_paths.yaml may add more
 folders under the key `t2i_mini`). Every name that comes from a workflow is resolved here, and a name
 that would leave its folder (`../x`, an absolute path, a symlink pointing out) is refused.
+
+Datasets are read from inside ComfyUI's input folder only, as ComfyUI's own loaders read inputs, and from the
+folders the server's operator allows on purpose: extra_model_paths.yaml entries under the key
+`t2i_mini_datasets`, or the T2I_MINI_DATASET_ROOTS environment variable (os.pathsep-separated). A workflow can
+never widen that set, and an error about a refused path names the path and the rule, never what a folder
+outside those roots holds.
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ from ..t2i_core.train_state import SNAPSHOT_FOLDER
 MODEL_FOLDER = "t2i_mini"  # the folder_paths key and the folder name under models/
 CHECKPOINT_EXTENSION = ".safetensors"
 NO_DATASET = "(connect dataset_path)"  # the dataset dropdown's entry for "use the dataset_path input"
+DATASET_ROOTS_KEY = "t2i_mini_datasets"  # folder_paths key: dataset roots from extra_model_paths.yaml
+DATASET_ROOTS_ENV = "T2I_MINI_DATASET_ROOTS"  # dataset roots from the environment, os.pathsep-separated
 
 
 def register_model_folder() -> None:
@@ -27,6 +35,9 @@ def register_model_folder() -> None:
     if default not in paths:
         paths.append(default)
     folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, {CHECKPOINT_EXTENSION})
+    # the operator's extra dataset roots (none by default): extra_model_paths.yaml may list them under this key
+    roots = folder_paths.folder_names_and_paths.get(DATASET_ROOTS_KEY)
+    folder_paths.folder_names_and_paths[DATASET_ROOTS_KEY] = (list(roots[0]) if roots else [], set())
 
 
 def model_dir() -> Path:
@@ -73,26 +84,60 @@ def checkpoint_output_path(name: str) -> Path:
     return path
 
 
+def extra_dataset_roots() -> list[Path]:
+    """The dataset folders the operator allowed besides ComfyUI's input folder, resolved (symlinks followed)."""
+    entry = folder_paths.folder_names_and_paths.get(DATASET_ROOTS_KEY)
+    configured = list(entry[0]) if entry else []
+    configured += [p for p in os.environ.get(DATASET_ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    return list(dict.fromkeys(Path(p.strip()).expanduser().resolve() for p in configured))
+
+
 def dataset_choices() -> list[str]:
-    """The dataset dropdown: "use dataset_path", then every subfolder of ComfyUI's input folder."""
-    return [NO_DATASET, *folder_paths.get_input_subfolders()]
+    """The dataset dropdown: "use dataset_path", every subfolder of ComfyUI's input folder, then the subfolders
+    of the operator's extra dataset roots as absolute paths."""
+    extra = []
+    for root in extra_dataset_roots():
+        if root.is_dir():
+            extra += [str(root)] + sorted(str(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [NO_DATASET, *folder_paths.get_input_subfolders(), *extra]
+
+
+DATASET_RULE = ("datasets are read only from inside ComfyUI's input folder, or from a folder the server's "
+                f"operator allows (extra_model_paths.yaml key '{DATASET_ROOTS_KEY}', or the {DATASET_ROOTS_ENV} "
+                "environment variable)")
+DATASET_FIX = "put the dataset in a subfolder of ComfyUI's input folder and give that subfolder's name"
 
 
 def dataset_folder(choice: str | None, path: str | None) -> Path:
     """The dataset folder from the node's inputs: a non-empty dataset_path wins over the dropdown.
 
-    dataset_path may be absolute or relative to ComfyUI's input folder; the dropdown names input subfolders.
+    A relative name is a subfolder of ComfyUI's input folder; an absolute path must lie in the input folder or
+    in one of the operator's extra dataset roots (Make Dataset hands on the absolute path of an input subfolder).
+    The resolved path (symlinks followed) is checked, so a link inside input/ cannot lead elsewhere. Raises
+    ValueError naming the input, the rule and the fix; the message is the same whether the path exists or not.
     """
-    input_dir = Path(folder_paths.get_input_directory())
     if path is not None and str(path).strip():
-        folder = Path(str(path).strip()).expanduser()
-        return folder if folder.is_absolute() else input_dir / folder
-    if choice in (None, "", NO_DATASET):
+        what, name = "dataset_path", str(path).strip()
+    elif choice in (None, "", NO_DATASET):
         raise ValueError("no dataset: pick a folder of ComfyUI's input directory in 'dataset', or connect "
                          "'dataset_path' (for example from the Make Dataset node)")
-    if _leaves_folder(choice):
-        raise ValueError(f"dataset {choice!r} would leave ComfyUI's input folder")
-    return input_dir / choice
+    else:
+        what, name = "dataset", choice
+    input_dir = Path(folder_paths.get_input_directory()).resolve()
+    posix = name.replace("\\", "/")
+    if ".." in PurePosixPath(posix).parts:
+        raise ValueError(f"{what} {name!r} contains '..': {DATASET_RULE}; {DATASET_FIX}")
+    given = Path(name).expanduser()
+    absolute = given.is_absolute() or re.match(r"^[A-Za-z]:", posix) is not None
+    folder = (given if absolute else input_dir / given).resolve()
+    roots = [input_dir, *extra_dataset_roots()]
+    if any(folder == root or root in folder.parents for root in roots):
+        return folder
+    if not absolute:  # inside input/ as written, so a symlink leads out: say so, not where it leads
+        raise ValueError(f"{what} {name!r} is a link that leads outside ComfyUI's input folder: {DATASET_RULE}; "
+                         f"{DATASET_FIX}")
+    raise ValueError(f"{what} {name!r} is outside the allowed dataset folders: {DATASET_RULE}; {DATASET_FIX} "
+                     "(for example 'my_dataset'), or ask the operator to allow the folder")
 
 
 def input_subfolder(name: str) -> Path:

@@ -19,7 +19,7 @@ from .comfy_format import (
     text_encoder_stamp,
 )
 from .comfy_parts import as_codec
-from .types import CATEGORY, T2IModel, codec_input, combo_error
+from .types import CATEGORY, Node, T2IModel, codec_input
 
 SAMPLING = f"{CATEGORY}/sampling"
 MAX_SIZE = 8192
@@ -31,7 +31,7 @@ VAE_PREVIEW_MAX_CELLS = 32 * 32  # decode VAE previews only for latents this sma
 PREVIEWS_PER_RUN = 8
 
 
-class NoiseLatent(io.ComfyNode):
+class NoiseLatent(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -79,7 +79,7 @@ def latent_for(codec, model, width: int, height: int):
                                what="width and height")
 
 
-class EmptyLatent(io.ComfyNode):
+class EmptyLatent(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -107,7 +107,7 @@ class EmptyLatent(io.ComfyNode):
         return io.NodeOutput({"samples": torch.zeros(batch_size, *shape, device=mm.intermediate_device())})
 
 
-class GuidedSampler(io.ComfyNode):
+class GuidedSampler(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -146,24 +146,28 @@ class GuidedSampler(io.ComfyNode):
                 io.Boolean.Input("check_text_encoder", default=True, optional=True,
                                  tooltip="Refuse conditioning from another text encoder than the one the model was "
                                          "trained with (compared by weights). Off: use it anyway, on purpose."),
+                io.Boolean.Input("allow_large_sizes", default=False, optional=True,
+                                 tooltip="Off: refuse an image whose largest attention layer has over 16x the "
+                                         "positions of the size the model was trained at (4x each side), with the "
+                                         "cost estimate; attention costs grow with the square of that. On: run "
+                                         "it anyway (Cancel still stops it between U-Net blocks)."),
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent; decode it with the model's codec.")],
         )
 
     @classmethod
-    def validate_inputs(cls, sampler_name, precision):
-        return combo_error(cls, sampler_name=sampler_name, precision=precision) or True
-
-    @classmethod
     def execute(cls, model, positive, negative, latent, steps, cfg, sampler_name, eta, guidance_rescale,
-                precision, guidance_start=0.0, guidance_end=1.0, check_text_encoder=True) -> io.NodeOutput:
+                precision, guidance_start=0.0, guidance_end=1.0, check_text_encoder=True,
+                allow_large_sizes=False) -> io.NodeOutput:
         unet_cfg = model.unet.cfg
         codec = model.codec
         z = codec.scale(latent["samples"].float())
         if z.dim() != 4 or z.shape[1] != unet_cfg.in_channels:
             raise ValueError(f"the latent has shape {tuple(z.shape)} but the model denoises {unet_cfg.in_channels}-"
                              "channel latents; make the noise with the model's codec")
-        model.latent_shape(*image_size(z.shape[2], z.shape[3], codec.factor))  # checks the size
+        height, width = image_size(z.shape[2], z.shape[3], codec.factor)
+        model.latent_shape(height, width)  # checks the size
+        model.check_size(height, width, z.shape[0], allow_large=allow_large_sizes, override="turn on allow_large_sizes")
         if guidance_start > guidance_end:
             raise ValueError(f"guidance_start ({guidance_start}) is after guidance_end ({guidance_end}): set start "
                              "<= end (0 = the start of sampling, 1 = its end)")
@@ -192,9 +196,11 @@ class GuidedSampler(io.ComfyNode):
             pbar.update_absolute(step, total, image)
 
         try:
-            out = sample(model.unet, model.schedule, z.to(device), cond, uncond, steps=steps, guidance_scale=cfg,
-                         sampler=sampler_name, eta=eta, guidance_rescale=guidance_rescale, precision=precision,
-                         guidance_interval=(guidance_start, guidance_end), callback=callback)
+            # Cancel is also checked between the U-Net's blocks: one step of a large image can take minutes
+            with model.unet.calling_between_blocks(mm.throw_exception_if_processing_interrupted):
+                out = sample(model.unet, model.schedule, z.to(device), cond, uncond, steps=steps, guidance_scale=cfg,
+                             sampler=sampler_name, eta=eta, guidance_rescale=guidance_rescale, precision=precision,
+                             guidance_interval=(guidance_start, guidance_end), callback=callback)
         finally:
             if device.type != "cpu":
                 model.to(mm.unet_offload_device())
@@ -203,7 +209,7 @@ class GuidedSampler(io.ComfyNode):
                                           "shift_factor": getattr(codec, "shift_factor", 0.0)}})
 
 
-class Decode(io.ComfyNode):
+class Decode(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(

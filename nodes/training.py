@@ -22,7 +22,7 @@ from . import paths
 from .comfy_format import images_to_comfy, preview
 from .comfy_model import core_model
 from .comfy_parts import as_codec, as_text_encoder, loader_of
-from .types import CATEGORY, T2IModel, codec_input, combo_error, text_encoder_input
+from .types import CATEGORY, Node, T2IModel, codec_input, text_encoder_input
 
 log = logging.getLogger("t2i_mini")
 TRAINING = f"{CATEGORY}/training"
@@ -42,7 +42,7 @@ def send_training_status(hidden, p: Progress) -> None:
                                       "images_per_s": p.images_per_s, "eta_s": p.eta_s}, server.client_id)
 
 
-class Train(io.ComfyNode):
+class Train(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -54,7 +54,8 @@ class Train(io.ComfyNode):
                         "saves a checkpoint that a later run with resume on continues exactly.",
             inputs=[
                 io.Combo.Input("dataset", options=paths.dataset_choices(), default=paths.NO_DATASET,
-                               tooltip="A subfolder of ComfyUI's input folder holding the images and captions. "
+                               tooltip="A subfolder of ComfyUI's input folder (or of a dataset folder the "
+                                       "server's operator allows) holding the images and captions. "
                                        f"'{paths.NO_DATASET}' uses the dataset_path input instead."),
                 text_encoder_input(tooltip="The frozen text encoder; the model only understands this encoder, so "
                                            "generate with the same one."),
@@ -98,9 +99,14 @@ class Train(io.ComfyNode):
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="torch.compile the U-Net for training: on a GPU about 1.3x faster steps after "
                                          "a few minutes of compiling, so for long runs; on CPUs usually slower."),
+                io.Boolean.Input("allow_large_sizes", default=False, optional=True,
+                                 tooltip="Off: refuse a resolution whose largest attention layer has over 4096 "
+                                         "positions (128 px for tiny on pixels), with the cost estimate. On: train "
+                                         "at it anyway."),
                 io.String.Input("dataset_path", optional=True, force_input=True,
-                                tooltip="A dataset folder path (absolute, or relative to ComfyUI's input folder), "
-                                        "e.g. from Make Dataset; overrides the dataset dropdown."),
+                                tooltip="A dataset folder: a subfolder of ComfyUI's input folder (by name, or its "
+                                        "absolute path as Make Dataset gives it) or of a folder the server's "
+                                        "operator allows; overrides the dataset dropdown."),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             outputs=[
@@ -114,10 +120,7 @@ class Train(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dataset, preset, precision, checkpoint_name):
-        problem = combo_error(cls, dataset=dataset, preset=preset, precision=precision)
-        if problem:
-            return problem
+    def validate_inputs(cls, checkpoint_name):
         if checkpoint_name is None:  # linked: checked when the node runs
             return True
         try:
@@ -138,7 +141,8 @@ class Train(io.ComfyNode):
     @classmethod
     def execute(cls, dataset, text_encoder, codec, preset, steps, max_minutes, batch_size, learning_rate,
                 cfg_dropout, resolution, seed, checkpoint_name, resume, validation_prompts, validation_every,
-                checkpoint_every, precision, compile=False, dataset_path=None) -> io.NodeOutput:
+                checkpoint_every, precision, compile=False, allow_large_sizes=False,
+                dataset_path=None) -> io.NodeOutput:
         folder = paths.dataset_folder(dataset, dataset_path)
         output = paths.checkpoint_output_path(checkpoint_name)
         config = TrainConfig(
@@ -147,7 +151,7 @@ class Train(io.ComfyNode):
             resume=resume,
             validation_prompts=[p.strip() for p in validation_prompts.splitlines() if p.strip()],
             validation_every=validation_every, checkpoint_every=checkpoint_every, precision=precision,
-            compile=compile)
+            compile=compile, allow_large_sizes=allow_large_sizes)
 
         # a core CLIP or VAE is recorded in the checkpoint by the loader node and file it came from
         text_encoder = as_text_encoder(text_encoder, loader_of(cls.hidden, "text_encoder"))

@@ -40,16 +40,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
             os.fsync(f.fileno())
         os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
-    except OSError as e:
+    except BaseException as e:
         temporary.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(e.errno, f"the disk is full: could not write {path} ({e.strerror}); the previous file "
-                                   "is intact. Free some space, then run again") from e
-        raise
-    except BaseException:
-        temporary.unlink(missing_ok=True)
+        full = _disk_full_errno(e)
+        if full is not None:
+            raise OSError(full, f"the disk is full: could not write {path} ({os.strerror(full)}); the previous file "
+                                "is intact. Free some space, then run again") from e
         raise
     return path
+
+
+def _disk_full_errno(error: BaseException) -> int | None:
+    """ENOSPC or EDQUOT when `error` says the disk is full: an OSError, or a writer's own error that carries
+    the OS's code in its text (safetensors' Rust writer raises SafetensorError "... (os error 28)")."""
+    codes = (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(error, OSError) and error.errno in codes:
+        return error.errno
+    text = str(error)
+    return next((code for code in codes if f"(os error {code})" in text), None)
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | os.PathLike) -> Path:

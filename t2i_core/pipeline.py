@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .conditioning import Codec, Conditioning, TextEncoder, match_batch
-from .geometry import latent_shape
+from .geometry import check_sample_size, latent_shape
 from .sampler import StepCallback, make_noise, sample
 from .schedule import NoiseSchedule
 from .unet import TextConditionedUNet
@@ -35,6 +35,19 @@ class T2IModel:
         return latent_shape(height, width, channels=self.codec.channels, codec_factor=self.codec.factor,
                             unet_factor=self.unet.cfg.downsample_factor)
 
+    @property
+    def trained_resolution(self) -> int | None:
+        """The image side it was trained at, from the training summary (None for a model without one)."""
+        resolution = (self.training or {}).get("config", {}).get("resolution")
+        return int(resolution) if isinstance(resolution, (int, float)) and resolution > 0 else None
+
+    def check_size(self, height: int, width: int, batch: int = 1, allow_large: bool = False,
+                   override: str = "pass allow_large_sizes=True") -> int:
+        """ValueError, with the cost estimate, for a size far beyond the trained one (geometry.check_sample_size)."""
+        return check_sample_size(height, width, codec_factor=self.codec.factor, unet_cfg=self.unet.cfg,
+                                 trained_resolution=self.trained_resolution, batch=batch, allow_large=allow_large,
+                                 override=override)
+
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         return self.text_encoder.encode(list(prompts)).conditioning
 
@@ -42,11 +55,14 @@ class T2IModel:
                  width: int = 32, negative_prompt: str | None = None, steps: int = 25, guidance_scale: float = 3.0,
                  sampler: str = "ddim", eta: float = 0.0, guidance_rescale: float = 0.0,
                  guidance_interval: tuple[float, float] = (0.0, 1.0), precision: str = "fp32",
-                 callback: StepCallback | None = None) -> torch.Tensor:
+                 callback: StepCallback | None = None, allow_large_sizes: bool = False) -> torch.Tensor:
         """Images (B, 3, H, W) in 0..1, one per seed: one prompt for every seed, one prompt per seed, or
-        seeds / prompts images per prompt in order. An int `seeds` gives one seed per prompt from there on."""
+        seeds / prompts images per prompt in order. An int `seeds` gives one seed per prompt from there on.
+        A size far beyond the trained one is refused unless allow_large_sizes (see check_size)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = list(range(seeds, seeds + len(prompts))) if isinstance(seeds, int) else list(seeds)
+        self.latent_shape(height, width)  # the multiple-of check first: its message names the nearest sizes
+        self.check_size(height, width, len(seeds), allow_large=allow_large_sizes)
         cond = match_batch(self.encode_prompts(prompts), len(seeds), "prompts")
         uncond = self.encode_prompts([negative_prompt]) if negative_prompt else self.text_encoder.empty()
         noise = make_noise(seeds, self.latent_shape(height, width), device=self.device)

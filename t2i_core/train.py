@@ -34,12 +34,13 @@ from .conditioning import Codec, Conditioning, TextEncoder
 from .data.cache import TensorCache
 from .data.folder import CaptionedImages, augment, fingerprint, load_dataset
 from .devices import autocast, default_device, resolve_precision
-from .geometry import latent_shape
+from .geometry import check_train_size, latent_shape
 from .pipeline import T2IModel
 from .sampler import make_noise, sample
 from .schedule import NoiseSchedule, ScheduleConfig
 from .train_state import (
     TrainingError,
+    TrainingLock,
     TrainState,
     keep_snapshot,
     load_train_state,
@@ -88,6 +89,9 @@ class TrainConfig:
     random_crop: bool = False
     random_flip: bool = False
     cache_dir: str | None = None  # caption/latent cache; default ~/.cache/t2i-mini
+    # a resolution whose largest attention layer has more than geometry.MAX_ATTENTION_TOKENS positions is refused
+    # with its cost estimate unless this is on
+    allow_large_sizes: bool = False
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -238,6 +242,9 @@ class Trainer:
             self.latent_shape = latent_shape(cfg.resolution, cfg.resolution, channels=self.codec.channels,
                                              codec_factor=self.codec.factor, unet_factor=unet_cfg.downsample_factor,
                                              what=f"the training resolution (preset {cfg.preset}, this codec)")
+            check_train_size(cfg.resolution, codec_factor=self.codec.factor, unet_cfg=unet_cfg,
+                             allow_large=cfg.allow_large_sizes, override="set allow_large_sizes (TrainConfig, or "
+                             "the Train node's input) on")
         except ValueError as e:
             raise TrainingError(str(e)) from None
         self.data: CaptionedImages = load_dataset(cfg.dataset, cfg.resolution, random_crop=cfg.random_crop,
@@ -262,7 +269,13 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.elapsed_s = 0.0
-        self.resume_or_start()
+        # held from reading the state to the last save (released by run); a second run on this name is refused
+        self.lock = TrainingLock(self.output).acquire()
+        try:
+            self.resume_or_start()
+        except BaseException:
+            self.lock.release()
+            raise
 
     # ---- data ----
     def encode_latents(self) -> torch.Tensor:
@@ -400,6 +413,12 @@ class Trainer:
             self.cb.on_validation(self.step, self.codec.decode(z).cpu())
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> TrainResult:
         cfg = self.cfg
         stopped = out_of_time = False
         start_step, t0 = self.step, time.perf_counter()

@@ -5,6 +5,7 @@ For a checkpoint `models/shapes.safetensors` (the EMA weights, enough to generat
     models/shapes.loss.csv                      the loss history, for a spreadsheet or a plot
     models/snapshots/shapes/shapes-step000250.safetensors
                                                 the last `keep_last` step-numbered checkpoints
+    models/shapes.lock                          while a run trains it: which process (TrainingLock)
 Snapshots live in a folder of their own so that a list of models (ComfyUI's checkpoint dropdown) shows
 finished models only. Every file is written atomically (t2i_core.files).
 """
@@ -14,6 +15,8 @@ import csv
 import io
 import json
 import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +46,11 @@ def state_path(output: str | os.PathLike) -> Path:
 def history_path(output: str | os.PathLike) -> Path:
     output = Path(output)
     return output.with_name(_stem(output) + ".loss.csv")
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    output = Path(output)
+    return output.with_name(_stem(output) + ".lock")
 
 
 def snapshot_folder(output: str | os.PathLike) -> Path:
@@ -126,3 +134,101 @@ def training_files(output: str | os.PathLike) -> list[Path]:
     output = Path(output)
     snapshots = sorted(snapshot_folder(output).glob(f"{_stem(output)}-step[0-9]*{CHECKPOINT_SUFFIX}"))
     return [p for p in (output, state_path(output), history_path(output), *snapshots) if p.exists()]
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid from the lock's holder."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
+class TrainingLock:
+    """`<name>.lock` beside the checkpoint while a run trains it, so that two runs on one checkpoint name (a
+    second ComfyUI, a command-line run, a queued prompt while another process trains) never interleave their
+    writes: the second is refused, naming the holder. Created with O_EXCL (atomic on local file systems); it
+    holds the holder's pid, host, process start time and start date. A lock whose process is gone (killed,
+    crashed) is stale and is taken over."""
+
+    STALE_EMPTY_S = 30.0  # a lock file left empty this long: its writer died between creating and writing it
+
+    def __init__(self, output: str | os.PathLike):
+        self.output = Path(output)
+        self.path = lock_path(self.output)
+        self.held = False
+
+    def holder(self) -> dict | None:
+        """The lock's contents, {} for an empty or unreadable one, None when there is no lock."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return {}
+        try:
+            info = json.loads(text)
+            return info if isinstance(info, dict) else {}
+        except ValueError:
+            return {}
+
+    def _stale(self, info: dict) -> bool:
+        if not info:
+            try:
+                return time.time() - self.path.stat().st_mtime > self.STALE_EMPTY_S
+            except FileNotFoundError:
+                return True
+        if info.get("host") != socket.gethostname():
+            return False  # another machine's process: cannot tell, so it holds
+        pid = info.get("pid")
+        if not isinstance(pid, int) or not _alive(pid):
+            return True
+        return info.get("start") is not None and _process_start(pid) not in (None, info["start"])
+
+    def acquire(self) -> TrainingLock:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                holder = self.holder()
+                if holder is None:
+                    continue  # released meanwhile
+                if self._stale(holder):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                who = (f"process {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+                       if holder else "a process that is starting")
+                mine = ": this process, a run still open" if holder.get("pid") == os.getpid() else ""
+                raise TrainingError(
+                    f"{self.output.name} is being trained by another run ({who}{mine}); nothing was written. Wait "
+                    f"for it to finish or cancel it, or choose another checkpoint name. If no such run exists, "
+                    f"delete {self.path}") from None
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(info, f)
+            self.held = True
+            return self
+        raise TrainingError(f"could not take the lock {self.path}: it keeps changing; try again")
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            if (self.holder() or {}).get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> TrainingLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

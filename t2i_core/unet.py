@@ -16,7 +16,9 @@ Three choices matter for a small model:
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -342,6 +344,10 @@ class PreparedContext:
 
 
 class TextConditionedUNet(nn.Module):
+    # Called between the stages of forward when set: ComfyUI's nodes check Cancel there, so a large image stops
+    # within one block instead of one whole forward pass. None (the default) costs one comparison per stage.
+    between_blocks: Callable[[], None] | None = None
+
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.cfg = cfg
@@ -378,6 +384,15 @@ class TextConditionedUNet(nn.Module):
 
         self.norm_out = group_norm(prev)
         self.conv_out = zero_module(nn.Conv2d(prev, cfg.out_channels, 3, padding=1))
+
+    @contextlib.contextmanager
+    def calling_between_blocks(self, hook: Callable[[], None] | None):
+        """Sets `between_blocks` for the duration of a with-block (raising from the hook stops forward there)."""
+        previous, self.between_blocks = self.between_blocks, hook
+        try:
+            yield self
+        finally:
+            self.between_blocks = previous
 
     def stages(self):
         """Every UNetStage in forward order: the order PreparedContext.kvs follows."""
@@ -436,13 +451,18 @@ class TextConditionedUNet(nn.Module):
         def temb_for(h):
             return temb if h.shape[0] == temb.shape[0] else temb_wide
 
+        hook = self.between_blocks
         h = self.conv_in(with_coordinates(x) if self.cfg.coordinate_channels else x)
         skips = [h]
         for m in self.down:
             h = m(h, temb_for(h), ctx, mask, kv_iter) if isinstance(m, UNetStage) else m(h)
             skips.append(h)
+            if hook is not None:
+                hook()
         for m in self.mid:
             h = m(h, temb_for(h), ctx, mask, kv_iter)
+            if hook is not None:
+                hook()
         for m in self.up:
             if isinstance(m, UNetStage):
                 skip = skips.pop()
@@ -451,4 +471,6 @@ class TextConditionedUNet(nn.Module):
                 h = m(torch.cat([h, skip], dim=1), temb_for(h), ctx, mask, kv_iter)
             else:
                 h = m(h)
+            if hook is not None:
+                hook()
         return self.conv_out(F.silu(self.norm_out(h)))

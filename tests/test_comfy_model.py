@@ -123,3 +123,23 @@ def test_latent_format_scales_like_the_codec(bridge):
     raw = torch.randn(1, 4, 4, 4)
     torch.testing.assert_close(fmt.process_in(raw), vae.scale(raw))
     torch.testing.assert_close(fmt.process_out(vae.scale(raw)), raw)
+
+
+def test_core_model_refuses_far_larger_sizes_and_checks_cancel_between_blocks(bridge, monkeypatch):
+    import comfy.model_management as mm
+    m = make_test_model()
+    m.training = {"config": {"resolution": 8}}
+    diffusion = bridge.core_model(m).model.diffusion_model
+    context = torch.randn(2, 4, 32)
+    with pytest.raises(ValueError, match="T2I_MINI_ALLOW_LARGE_SIZES=1"):
+        diffusion(torch.randn(2, 3, 64, 64), torch.tensor([500.0, 500.0]), context=context)
+    monkeypatch.setenv(bridge.ALLOW_LARGE_SIZES_ENV, "1")
+    assert diffusion(torch.randn(2, 3, 64, 64), torch.tensor([500.0, 500.0]), context=context).shape == (2, 3, 64, 64)
+    # ComfyUI's Cancel, seen between the U-Net's blocks of one forward pass
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            diffusion(torch.randn(2, 3, 8, 8), torch.tensor([500.0, 500.0]), context=context)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert m.unet.between_blocks is None

@@ -243,8 +243,13 @@ def _unusable_image_reason(path: Path, verify_image: bool) -> str | None:
 
 def _nothing_usable_message(folder: Path, skipped: list[tuple[Path, str]]) -> str:
     if not skipped:
-        other = [p.name for p in sorted(folder.iterdir())][:5]
-        found = f"found only {', '.join(other)}" if other else "the folder is empty"
+        # counts only: a message that listed the folder's entries would show a folder's contents to whoever
+        # sent the path (the counts say enough to see the wrong folder was given)
+        entries = list(folder.iterdir())
+        folders = sum(p.is_dir() for p in entries)
+        files = len(entries) - folders
+        found = (f"none among its {_count(files, 'file')} and {_count(folders, 'subfolder')}" if entries
+                 else "the folder is empty")
         return (f"no images in {folder} ({found}); put images ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                 f"there with a same-name .txt caption each, or a metadata.jsonl")
     counts: dict[str, int] = {}
@@ -254,6 +259,10 @@ def _nothing_usable_message(folder: Path, skipped: list[tuple[Path, str]]) -> st
     found = ", ".join(f"{n} image{'s' if n > 1 else ''}: {kind}" for kind, n in counts.items())
     fixes = "; ".join(dict.fromkeys(FIXES[kind] for kind in counts if kind in FIXES))
     return f"no images with captions in {folder} ({found}); to fix: {fixes}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 # -----------------------------------------------------------------------------
