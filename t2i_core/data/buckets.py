@@ -3,8 +3,8 @@
 As in kohya's trainers (make_bucket_resolutions; ComfyUI 0.3.75 has no bucketing of its own): every bucket
 holds about resolution^2 pixels, its sides are multiples of `step` (a multiple of the codec and U-Net factors, so every
 bucket is a valid training size: t2i_core.geometry) between resolution / 2 and 2 * resolution, and each image
-goes to the bucket nearest its aspect ratio, where it is resized to cover the bucket and centre-cropped (at most
-half a step is cut from each side). The trainer draws each batch from one bucket (train.bucket_batch_positions).
+goes to the bucket nearest its aspect ratio, where it is resized to cover the bucket and centre-cropped (what is
+cut is the small difference between the two aspect ratios, unless the image is longer than 4:1). The trainer draws each batch from one bucket (train.bucket_batch_positions).
 """
 from __future__ import annotations
 
