@@ -421,7 +421,7 @@ def load_dataset(
     index = [i for i, n in enumerate(repeats) for _ in range(n)]
     message = f"loaded {len(images)} images ({len(index)} with repeats) from {scan.folder} at {resolution}px"
     if upscaled:
-        message += f"; {upscaled} smaller than {stored_size}px were upscaled"
+        message += f"; {upscaled} smaller than {'their bucket' if sizes else f'{stored_size}px'} were upscaled"
     if skipped:
         first = ", ".join(f"{_relative(p, scan.folder)} ({reason})" for p, reason in skipped[:5])
         message += f"; skipped {len(skipped)}: {first}" + (", ..." if len(skipped) > 5 else "")
