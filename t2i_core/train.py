@@ -32,7 +32,7 @@ from .checkpoint import save_checkpoint
 from .codecs import PixelCodec
 from .conditioning import Codec, Conditioning, TextEncoder
 from .data.cache import TensorCache
-from .data.folder import CaptionedImages, augment, fingerprint, load_dataset
+from .data.folder import CaptionedImages, augment, fingerprint, gather, load_dataset
 from .devices import autocast, default_device, resolve_precision
 from .geometry import check_train_size, latent_shape
 from .pipeline import T2IModel
@@ -88,6 +88,8 @@ class TrainConfig:
     validation_guidance: float = 3.0
     random_crop: bool = False
     random_flip: bool = False
+    # aspect-ratio buckets (t2i_core.data.buckets): "auto" uses them when the images are not all one shape
+    buckets: str = "auto"  # or "on", "off" (centre-crop every image square)
     cache_dir: str | None = None  # caption/latent cache; default ~/.cache/t2i-mini
     # a resolution whose largest attention layer has more than geometry.MAX_ATTENTION_TOKENS positions is refused
     # with its cost estimate unless this is on
@@ -103,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be >= 0 (0 = no time budget), got {self.max_minutes}")
         if not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if self.buckets not in ("auto", "on", "off"):
+            raise ValueError(f"buckets must be 'auto', 'on' or 'off', got {self.buckets!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not str(self.output).endswith(".safetensors"):
@@ -158,6 +162,22 @@ def batch_positions(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
         perm = torch.randperm(n, generator=step_generator(seed, epoch, 7))
         out.extend(perm[offset: offset + batch - len(out)].tolist())
     return torch.tensor(out)
+
+
+def bucket_batch_positions(position_buckets: list[int], batch: int, seed: int, step: int) -> torch.Tensor:
+    """Positions of step `step`'s batch when each batch comes from one aspect-ratio bucket (position_buckets[p]:
+    the bucket of position p). Each epoch shuffles every bucket's positions, splits them into ceil(size / batch)
+    batches as equal as possible (so a bucket of 70 gives two of 35, not 64 and 6), and shuffles the order of all
+    those batches; step k takes batch k mod (batches per epoch) of epoch k div it. A function of (seed, step)."""
+    groups = [torch.tensor([p for p, b in enumerate(position_buckets) if b == bucket])
+              for bucket in sorted(set(position_buckets))]
+    per_epoch = sum(-(-len(g) // batch) for g in groups)
+    epoch, slot = divmod(step, per_epoch)
+    gen = step_generator(seed, epoch, 8)
+    batches = []
+    for g in groups:
+        batches.extend(torch.tensor_split(g[torch.randperm(len(g), generator=gen)], -(-len(g) // batch)))
+    return batches[int(torch.randperm(per_epoch, generator=gen)[slot])]
 
 
 def check_writable(output: Path):
@@ -247,9 +267,11 @@ class Trainer:
                              "the Train node's input) on")
         except ValueError as e:
             raise TrainingError(str(e)) from None
-        self.data: CaptionedImages = load_dataset(cfg.dataset, cfg.resolution, random_crop=cfg.random_crop,
-                                                  random_flip=cfg.random_flip, crop_step=self.codec.factor,
-                                                  log=self.log)
+        self.data: CaptionedImages = load_dataset(
+            cfg.dataset, cfg.resolution, random_crop=cfg.random_crop, random_flip=cfg.random_flip,
+            crop_step=self.codec.factor, buckets={"auto": None, "on": True, "off": False}[cfg.buckets],
+            size_factor=self.codec.factor * unet_cfg.downsample_factor, log=self.log)
+        self.buckets = self.data.position_buckets  # None: every image is square
         self.cache = TensorCache(cfg.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "t2i-mini"))
         self.captions = CaptionTable(self.text_encoder, [c for cs in self.data.captions for c in cs], self.cache,
                                      self.device)
@@ -282,28 +304,33 @@ class Trainer:
         """Each stored image's latent, encoded once and cached by (codec, image content, stored size).
 
         With random_crop the stored squares are larger than the resolution (by a whole number of latent
-        cells), and `batch` crops each step's windows from their latents."""
+        cells), and `batch` crops each step's windows from their latents. With buckets each image has its
+        bucket's size, and the latents are a list."""
         out = []
-        size = self.data.images.shape[-1]
         for i, digest in enumerate(self.data.digests):
-            key = TensorCache.key("latent", self.codec.identity, digest, str(size))
+            image = self.data.images[i]
+            size = str(image.shape[-1]) if self.buckets is None else f"{image.shape[-2]}x{image.shape[-1]}"
+            key = TensorCache.key("latent", self.codec.identity, digest, size)
             z = self.cache.get(key)
             if z is None:
-                image = self.data.images[i: i + 1].float().div(255)
-                z = self.codec.encode(image.to(self.device))[0].cpu()
+                z = self.codec.encode(image[None].float().div(255).to(self.device))[0].cpu()
                 self.cache.put(key, z)
             out.append(z)
-        return torch.stack(out).to(self.device)
+        return torch.stack(out).to(self.device) if self.buckets is None else [z.to(self.device) for z in out]
 
     def batch(self, step: int, micro: int):
         """(x0, text, t, noise) of micro-batch `micro` of optimizer step `step`: a function of (seed, step, micro)."""
         cfg = self.cfg
         k = step * cfg.grad_accum + micro
-        positions = batch_positions(len(self.data), cfg.batch_size, cfg.seed, k)
+        if self.buckets is None:
+            positions = batch_positions(len(self.data), cfg.batch_size, cfg.seed, k)
+        else:
+            positions = bucket_batch_positions(self.buckets, cfg.batch_size, cfg.seed, k)
         gen = step_generator(cfg.seed, k, 0)
         if self.latents is not None:
-            x0 = self.latents[torch.as_tensor(self.data.index)[positions].to(self.device)]
-            x0 = augment(x0, self.latent_shape[-1], gen, cfg.random_crop, cfg.random_flip)
+            x0 = gather(self.latents, torch.as_tensor(self.data.index)[positions])
+            size = self.latent_shape[-1] if self.buckets is None else x0.shape[-1]  # a bucket is stored at its size
+            x0 = augment(x0, size, gen, cfg.random_crop, cfg.random_flip)
         else:
             x0 = self.codec.encode(self.data.batch(positions, gen).to(self.device))
         captions = self.data.pick_captions(positions, gen)
@@ -359,6 +386,9 @@ class Trainer:
     def summary(self) -> dict:
         return {"step": self.step, "config": asdict(self.cfg), "dataset_fingerprint": fingerprint(self.cfg.dataset),
                 "images": len(self.data.images), "text_encoder": self.text_encoder.identity,
+                # (height, width, images) of each aspect-ratio bucket; None: every image centre-cropped square
+                "buckets": None if self.buckets is None else [
+                    [h, w, self.data.item_bucket.count(b)] for b, (h, w) in enumerate(self.data.bucket_sizes)],
                 "last_loss": self.history[-1]["loss"] if self.history else None, "train_seconds": round(self.elapsed_s, 1)}
 
     def save(self):

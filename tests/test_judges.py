@@ -107,3 +107,91 @@ def test_mean_pairwise_distance():
     assert 0 < mean_pairwise_distance(images) < 1
     with pytest.raises(ValueError, match="at least 2"):
         mean_pairwise_distance(same[:1])
+
+
+# -----------------------------------------------------------------------------
+# sprites (npm tarballs that `make setup` fetches into .cache/npm)
+
+
+def _sprites_fetched() -> bool:
+    from t2i_core.data import DatasetError
+    from t2i_core.data.builtin import SPRITES_PACKAGES, npm_tarball
+    try:
+        for name in SPRITES_PACKAGES:
+            npm_tarball(name)
+    except DatasetError:
+        return False
+    return True
+
+
+needs_sprites = pytest.mark.skipif(not _sprites_fetched(), reason="the sprites dataset's npm tarballs are not in "
+                                   ".cache/npm; run make setup (needs npm)")
+
+
+@pytest.fixture(scope="module")
+def sprites32():
+    from evals.sprites import SpritesJudge, sprites_tensor
+    from t2i_core.data import load_sprites
+    images, captions, attributes = load_sprites(32)
+    images = sprites_tensor(images)
+    return images, captions, attributes, SpritesJudge(images, captions)
+
+
+def _shuffled(captions, seed=0):
+    return [captions[i] for i in np.random.default_rng(seed).permutation(len(captions))]
+
+
+@needs_sprites
+def test_sprites_retrieval_passes_real_images_and_fails_shuffled_captions(sprites32):
+    images, captions, _, judge = sprites32
+    noisy = (images + 0.05 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    right = judge.retrieval(noisy, captions)
+    assert right["top1"] >= 0.95 and right["top5"] >= 0.99, right
+    shifted = judge.retrieval(torch.roll(images, 1, dims=-1), captions)  # one pixel to the right
+    assert shifted["top5"] >= 0.9, shifted
+    wrong = judge.retrieval(noisy, _shuffled(captions))
+    assert wrong["chance_top1"] == pytest.approx(1 / len(captions)) and wrong["chance_top5"] == pytest.approx(5 / len(captions))
+    assert wrong["top1"] < 5 * wrong["chance_top1"] and wrong["top5"] < 5 * wrong["chance_top5"], wrong
+    assert judge.ranks(images[:3], captions[:3]).tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="not one of the training captions"):
+        judge.retrieval(images[:1], ["a red fire pokemon, missingno"])
+
+
+@needs_sprites
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_sprites_color_judge_passes_real_images_and_fails_shuffled_captions(sprites32, resolution):
+    from evals.sprites import SpritesJudge, sprites_tensor
+    from t2i_core.data import load_sprites
+    _, _, _, judge = sprites32
+    images, captions, _ = load_sprites(resolution)
+    images = sprites_tensor(images)
+    assert SpritesJudge.colors(images[[3, 24]]) == ["orange", "yellow"]  # charmander, pikachu
+    right = judge.color_adherence(images, captions)
+    assert right["color"] >= 0.97, right
+    noisy = (images + 0.05 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert judge.color_adherence(noisy, captions)["color"] >= 0.9  # a generator's pixel noise does not vote
+    wrong = judge.color_adherence(images, _shuffled(captions))
+    assert 0.1 < right["chance_color"] < 0.25 and wrong["color"] < right["chance_color"] + 0.08, wrong
+    blank = judge.color_adherence(torch.ones(2, 3, resolution, resolution), captions[:2])
+    assert blank["color"] == 0.0  # nothing drawn: no colour matches
+
+
+@needs_sprites
+def test_sprites_fd_and_diversity_against_real_vs_real(sprites32):
+    from evals.sprites import real_halves
+    images, _, _, judge = sprites32
+    a, b = real_halves(len(images), seed=0)
+    assert not set(a) & set(b) and len(a) + len(b) == len(images)
+    pca = pca_features(images[a], 32)
+    real_fd = frechet_distance(pca(images[a]), pca(images[b]))
+    fd = lambda x: frechet_distance(pca(x), pca(images[b]))  # noqa: E731
+    # what a bad generator draws: colours lost, upside down, one image for every prompt, noise. (A mild blur is
+    # no test here: in the top components of so varied a set, a 5 px blur scores below real-vs-real.)
+    gray = images[a].mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    noise = torch.rand(images[a].shape, generator=torch.Generator().manual_seed(0))
+    collapsed = images[a][:1].expand(len(a), -1, -1, -1)
+    assert 0 < real_fd < 1.5 * real_fd < min(fd(gray), fd(images[a].flip(-2)))
+    assert max(fd(gray), fd(images[a].flip(-2))) < min(fd(noise), fd(collapsed))
+    real_diversity = mean_pairwise_distance(images[b])
+    assert 0.5 * real_diversity < mean_pairwise_distance(images[a]) < 2 * real_diversity
+    assert mean_pairwise_distance(collapsed[:20]) < 0.01 * real_diversity

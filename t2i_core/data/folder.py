@@ -14,6 +14,7 @@ Two folder conventions are understood:
 The dataset folder is only ever read, never written.
 """
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -22,11 +23,14 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from .buckets import bucket_sizes, bucket_step, bucket_table, nearest_bucket
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
@@ -271,12 +275,14 @@ def _count(n: int, noun: str) -> str:
 
 @dataclass
 class CaptionedImages:
-    """Every usable image of a folder, resized and square, as one uint8 tensor.
+    """Every usable image of a folder, resized: square, as one uint8 tensor, or with aspect-ratio buckets, one
+    uint8 tensor per image at its bucket's size.
 
     `index` lists item numbers with kohya repeats expanded, so a sampler draws
     positions in range(len(self)) and repeated images come up more often.
     """
-    images: torch.Tensor  # uint8 [N, 3, S, S]; S == resolution, or larger with random_crop
+    images: torch.Tensor | list[torch.Tensor]  # uint8 [N, 3, S, S] (S == resolution, or larger with random_crop),
+    # or with buckets N tensors [3, h, w], (h, w) = bucket_sizes[item_bucket[i]]
     captions: list[tuple[str, ...]]
     digests: list[str]  # sha256 of each file's bytes, to key caches by content
     index: list[int]
@@ -286,9 +292,16 @@ class CaptionedImages:
     paths: list[Path] = field(default_factory=list)
     random_crop: bool = False
     random_flip: bool = False
+    bucket_sizes: list[tuple[int, int]] | None = None  # (height, width) of each bucket in use; None: square
+    item_bucket: list[int] | None = None  # bucket of each item
 
     def __len__(self) -> int:
         return len(self.index)
+
+    @property
+    def position_buckets(self) -> list[int] | None:
+        """The bucket of each position in range(len(self)) (repeats expanded), or None without buckets."""
+        return None if self.item_bucket is None else [self.item_bucket[i] for i in self.index]
 
     def batch(self, positions: torch.Tensor | Sequence[int], generator: torch.Generator | None) -> torch.Tensor:
         """Float images [B, 3, R, R] in 0..1 for `positions` into `index`.
@@ -297,9 +310,14 @@ class CaptionedImages:
         same generator state gives the same batch. With generator=None there is
         no augmentation: the center crop, unflipped.
         """
-        images = self.images[self._items(positions)]
+        items = self._items(positions)
+        if self.item_bucket is not None and len({self.item_bucket[i] for i in items.tolist()}) > 1:
+            raise ValueError("the positions of one batch must all come from one aspect-ratio bucket; draw them with "
+                             "t2i_core.train.bucket_batch_positions")
+        images = gather(self.images, items)
+        size = self.resolution if self.item_bucket is None else images.shape[-1]  # a bucket is stored at its size
         augmenting = generator is not None
-        return augment(images, self.resolution, generator, self.random_crop and augmenting,
+        return augment(images, size, generator, self.random_crop and augmenting,
                        self.random_flip and augmenting).float() / 255.0
 
     def pick_captions(self, positions: torch.Tensor | Sequence[int], generator: torch.Generator) -> list[str]:
@@ -318,6 +336,13 @@ class CaptionedImages:
         if len(positions) and (positions.min() < 0 or positions.max() >= len(self.index)):
             raise IndexError(f"positions must be in 0..{len(self.index) - 1}, got {positions.min().item()}..{positions.max().item()}")
         return torch.as_tensor(self.index, dtype=torch.long)[positions]
+
+
+def gather(stored: torch.Tensor | list[torch.Tensor], items: torch.Tensor) -> torch.Tensor:
+    """stored[items] as one batch, from a stacked tensor or from a list of same-size tensors (one bucket)."""
+    if isinstance(stored, torch.Tensor):
+        return stored[items.to(stored.device)]
+    return torch.stack([stored[i] for i in items.tolist()])
 
 
 def augment(x: torch.Tensor, size: int, generator: torch.Generator | None, crop: bool, flip: bool) -> torch.Tensor:
@@ -343,28 +368,50 @@ def load_dataset(
     random_crop: bool = False,
     random_flip: bool = False,
     crop_step: int = 1,
+    buckets: bool | None = None,
+    size_factor: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> CaptionedImages:
     """Decode every captioned image in `folder` to RGB, shorter side resized to
     `resolution` and center-cropped square. With random_crop the stored square
     is about resolution * 1.125, rounded up to a multiple of `crop_step` (a
     VAE's factor: its latents are then cropped whole cells at a time), so each
-    step can crop a different window."""
+    step can crop a different window.
+
+    With `buckets` each image is instead stored at the aspect-ratio bucket
+    nearest its shape (t2i_core.data.buckets; sides multiples of `size_factor`,
+    the codec x U-Net factor). buckets=None: on when the images are not all one
+    shape (and random_crop is off), off for same-shape folders."""
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
         raise DatasetError(f"resolution must be a positive integer number of pixels, got {resolution!r}")
+    if buckets and random_crop:
+        raise DatasetError("random_crop crops square windows, so it cannot be combined with aspect-ratio buckets; "
+                           "turn random_crop off, or turn buckets off to centre-crop every image square")
     log = log or (lambda message: None)
     scan = scan_dataset(folder, verify_images=False)  # the decode below is the real check
     stored_size = resolution
     if random_crop:
         stored_size = -(-round(resolution * RANDOM_CROP_MARGIN) // crop_step) * crop_step
+    shapes = {}  # item -> (height, width) as shown, for the bucket choice; unreadable ones fail in the decode
+    if buckets or buckets is None and not random_crop:
+        for item in scan.items:
+            with contextlib.suppress(Exception):  # unreadable: skipped, with the reason, by the decode below
+                shapes[item.path] = _oriented_size(item.path)
+        if buckets is None:
+            buckets = len({Fraction(w, h) for h, w in shapes.values()}) > 1
+    sizes = bucket_sizes(resolution, bucket_step(resolution, size_factor)) if buckets else None
 
-    images, captions, digests, paths, repeats = [], [], [], [], []
+    images, captions, digests, paths, repeats, item_bucket = [], [], [], [], [], []
     skipped = list(scan.skipped)
     upscaled = 0
     for item in scan.items:
         try:
             data = item.path.read_bytes()
-            image, was_small = _square_rgb(data, stored_size)
+            if sizes is None:
+                image, was_small = _square_rgb(data, stored_size)
+            else:
+                bucket = nearest_bucket(*(shapes.get(item.path) or _oriented_size(item.path)), sizes)
+                image, was_small = _fitted_rgb(data, *sizes[bucket])
         except Exception as error:
             skipped.append((item.path, f"{UNREADABLE_IMAGE}: {type(error).__name__}: {error}"))
             continue
@@ -374,6 +421,8 @@ def load_dataset(
         digests.append(hashlib.sha256(data).hexdigest())
         paths.append(item.path)
         repeats.append(item.repeats)
+        if sizes is not None:
+            item_bucket.append(bucket)
     skipped.sort(key=lambda entry: entry[0])
     if not images:
         raise DatasetError(_nothing_usable_message(scan.folder, skipped))
@@ -381,16 +430,25 @@ def load_dataset(
     index = [i for i, n in enumerate(repeats) for _ in range(n)]
     message = f"loaded {len(images)} images ({len(index)} with repeats) from {scan.folder} at {resolution}px"
     if upscaled:
-        message += f"; {upscaled} smaller than {stored_size}px were upscaled"
+        message += f"; {upscaled} smaller than {'their bucket' if sizes else f'{stored_size}px'} were upscaled"
     if skipped:
         first = ", ".join(f"{_relative(p, scan.folder)} ({reason})" for p, reason in skipped[:5])
         message += f"; skipped {len(skipped)}: {first}" + (", ..." if len(skipped) > 5 else "")
+    used = None
+    if sizes is not None:  # renumber to the buckets in use, tall to wide
+        used = sorted(set(item_bucket))
+        item_bucket = [used.index(b) for b in item_bucket]
+        used = [sizes[b] for b in used]
+        counts = [item_bucket.count(b) for b in range(len(used))]
+        message += (f"; the images are not all one shape, so they train in {len(used)} aspect-ratio buckets of about "
+                    f"{resolution}x{resolution} pixels (height x width: images): {bucket_table(used, counts)}")
     log(message)
 
     return CaptionedImages(
-        images=torch.stack(images), captions=captions, digests=digests, index=index,
+        images=torch.stack(images) if sizes is None else images, captions=captions, digests=digests, index=index,
         folder=scan.folder, resolution=resolution, skipped=skipped, paths=paths,
-        random_crop=random_crop, random_flip=random_flip,
+        random_crop=random_crop, random_flip=random_flip, bucket_sizes=used,
+        item_bucket=item_bucket if sizes is not None else None,
     )
 
 
@@ -406,6 +464,27 @@ def _square_rgb(data: bytes, size: int) -> tuple[Image.Image, bool]:
         image = image.resize(new_size, Image.Resampling.BICUBIC)
     left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
     return image.crop((left, top, left + size, top + size)), min(width, height) < size
+
+
+def _oriented_size(path: Path) -> tuple[int, int]:
+    """(height, width) of the image as shown: EXIF orientations 5-8 swap the stored sides."""
+    with Image.open(path) as image:
+        width, height = image.size
+        orientation = image.getexif().get(0x0112, 1)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def _fitted_rgb(data: bytes, height: int, width: int) -> tuple[Image.Image, bool]:
+    """Decode, resize to cover height x width (bicubic, antialiased when shrinking), center crop to it."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (width, height))
+        image = _to_rgb(ImageOps.exif_transpose(image))
+        w, h = image.size
+        scale = max(width / w, height / h)
+        new_size = (max(width, round(w * scale)), max(height, round(h * scale)))
+        image = image.resize(new_size, Image.Resampling.BICUBIC)
+    left, top = (new_size[0] - width) // 2, (new_size[1] - height) // 2
+    return image.crop((left, top, left + width, top + height)), scale > 1
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -1,0 +1,92 @@
+"""Judges of the built-in sprites dataset (t2i_core.data.builtin: "an orange fire pokemon, charmander").
+
+* retrieval: is the training image nearest to a generated one (in a PCA space of the training images) the one
+  its caption names? top-1 and top-5 against chance (1/N and 5/N for N training images);
+* colour adherence: does the generated image's dominant colour (read from its pixels exactly as the dataset's
+  captions were made: t2i_core.data.builtin.dominant_color) match the caption's colour? against chance, the
+  agreement of two colours drawn independently from the training set's colour frequencies;
+* FD and diversity (evals.distances) against the same figures for real images: `real_halves` splits the
+  sprites in two, so "real-vs-real" compares one half of the real sprites with the other.
+
+Type and name are not read from pixels; retrieval covers the name (each name has one training image).
+"""
+import numpy as np
+import torch
+
+from t2i_core.data.builtin import COLOR_NAMES, dominant_color, parse_sprites_caption
+
+from .distances import pca_features
+from .images import numpy_images
+
+RETRIEVAL_COMPONENTS = 64
+TOP_K = 5
+
+
+def sprites_tensor(images) -> torch.Tensor:
+    """load_sprites' uint8 [H, W, 3] arrays (all one size) as the judges' float [N, 3, H, W] in 0..1."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+
+
+def real_halves(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint halves of range(count), chosen by `seed`: prompts come from the first, and FD is measured
+    against the second, so a generator that reproduced its training images scores the real-vs-real FD."""
+    order = np.random.default_rng(seed).permutation(count)
+    return np.sort(order[: count // 2]), np.sort(order[count // 2:])
+
+
+class SpritesJudge:
+    """Judges generated sprites against the real training sprites and their captions (one caption each)."""
+
+    def __init__(self, images, captions: list[str], n_components: int = RETRIEVAL_COMPONENTS):
+        images = numpy_images(images)
+        if len(images) != len(captions):
+            raise ValueError(f"got {len(images)} images but {len(captions)} captions; give one caption per image")
+        if len(set(captions)) != len(captions):
+            raise ValueError("the training captions must be distinct: retrieval looks each one's image up")
+        self.captions = list(captions)
+        self.row = {c: i for i, c in enumerate(self.captions)}
+        self.pca = pca_features(images, min(n_components, len(images) - 1))
+        self.features = self.pca(images)
+        colors = [parse_sprites_caption(c)["color"] for c in self.captions]
+        frequency = np.array([colors.count(name) for name in COLOR_NAMES]) / len(colors)
+        self.color_chance = float((frequency ** 2).sum())
+
+    def ranks(self, images, captions: list[str]) -> np.ndarray:
+        """Per image, the rank (0 = nearest) of its caption's training image among all training images."""
+        if len(images) != len(captions):
+            raise ValueError(f"got {len(images)} images but {len(captions)} captions; give one caption per image")
+        unknown = [c for c in captions if c not in self.row]
+        if unknown:
+            raise ValueError(f"caption {unknown[0]!r} is not one of the training captions; retrieval needs the "
+                             f"captions of the images the judge was built from")
+        queries = self.pca(images)
+        # squared L2 distances [B, N] without the [B, N, K] difference tensor
+        distances = (queries ** 2).sum(1)[:, None] + (self.features ** 2).sum(1)[None] - 2 * queries @ self.features.T
+        wanted = np.array([self.row[c] for c in captions])
+        own = distances[np.arange(len(wanted)), wanted]
+        return (distances < own[:, None]).sum(1)
+
+    def retrieval(self, images, captions: list[str]) -> dict[str, float]:
+        """{"top1", "top5", "chance_top1", "chance_top5"}: fractions of images whose captioned training image
+        is the nearest / among the 5 nearest."""
+        ranks = self.ranks(images, captions)
+        n = len(self.captions)
+        return {"top1": float(np.mean(ranks == 0)), f"top{TOP_K}": float(np.mean(ranks < TOP_K)),
+                "chance_top1": 1 / n, f"chance_top{TOP_K}": min(TOP_K, n) / n}
+
+    @staticmethod
+    def colors(images) -> list[str | None]:
+        """The dominant colour each image [B, 3, H, W] shows (None: blank, all background)."""
+        return [dominant_color(image.transpose(1, 2, 0)) for image in numpy_images(images)]
+
+    def color_adherence(self, images, captions: list[str]) -> dict[str, float]:
+        """{"color", "chance_color"}: the fraction of images whose dominant colour is their caption's."""
+        if len(images) != len(captions):
+            raise ValueError(f"got {len(images)} images but {len(captions)} captions; give one caption per image")
+        wanted = [parse_sprites_caption(c)["color"] for c in captions]
+        return {"color": float(np.mean([a == b for a, b in zip(self.colors(images), wanted)])),
+                "chance_color": self.color_chance}
+
+    def judge(self, images, captions: list[str]) -> dict[str, float]:
+        """Retrieval and colour adherence together."""
+        return {**self.retrieval(images, captions), **self.color_adherence(images, captions)}
