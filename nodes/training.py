@@ -22,6 +22,7 @@ from . import paths
 from .comfy_format import images_to_comfy, preview
 from .comfy_model import core_model
 from .comfy_parts import as_codec, as_text_encoder, loader_of
+from .launcher import train_in_processes
 from .types import CATEGORY, T2IModel, codec_input, combo_error, text_encoder_input
 
 log = logging.getLogger("t2i_mini")
@@ -98,6 +99,15 @@ class Train(io.ComfyNode):
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="torch.compile the U-Net for training: on a GPU about 1.3x faster steps after "
                                          "a few minutes of compiling, so for long runs; on CPUs usually slower."),
+                io.Int.Input("processes", default=1, min=1, max=64, optional=True,
+                             tooltip="Data-parallel processes (torch.distributed, one per GPU). 1 trains inside "
+                                     "ComfyUI. Above 1, a torchrun subprocess group trains on the GPUs ComfyUI "
+                                     "isn't holding (or those in devices), each on batch_size/processes images of "
+                                     "every step, so the model is the one a single process would train. On a CPU "
+                                     "they share its cores (gloo), which gains little."),
+                io.String.Input("devices", default="", optional=True,
+                                tooltip="With processes > 1 on CUDA: the GPUs to train on, e.g. '1,2' (as ComfyUI "
+                                        "numbers them). Empty: the GPUs ComfyUI isn't holding."),
                 io.String.Input("dataset_path", optional=True, force_input=True,
                                 tooltip="A dataset folder path (absolute, or relative to ComfyUI's input folder), "
                                         "e.g. from Make Dataset; overrides the dataset dropdown."),
@@ -138,7 +148,8 @@ class Train(io.ComfyNode):
     @classmethod
     def execute(cls, dataset, text_encoder, codec, preset, steps, max_minutes, batch_size, learning_rate,
                 cfg_dropout, resolution, seed, checkpoint_name, resume, validation_prompts, validation_every,
-                checkpoint_every, precision, compile=False, dataset_path=None) -> io.NodeOutput:
+                checkpoint_every, precision, compile=False, processes=1, devices="",
+                dataset_path=None) -> io.NodeOutput:
         folder = paths.dataset_folder(dataset, dataset_path)
         output = paths.checkpoint_output_path(checkpoint_name)
         config = TrainConfig(
@@ -174,8 +185,11 @@ class Train(io.ComfyNode):
             log=lambda message: log.info("T2I Mini: %s", message),
         )
         log.info("T2I Mini: training %s on %s (%d steps)", output.name, folder, steps)
-        with torch.inference_mode(False), torch.enable_grad():
-            result = train(config, text_encoder, codec, device=mm.get_torch_device(), callbacks=callbacks)
+        if processes > 1:
+            result = train_in_processes(config, text_encoder, codec, processes, devices or "", callbacks)
+        else:
+            with torch.inference_mode(False), torch.enable_grad():
+                result = train(config, text_encoder, codec, device=mm.get_torch_device(), callbacks=callbacks)
         if result.out_of_time:
             log.info("T2I Mini: the %g-minute budget ended training at step %d of %d; %s is resumable",
                      max_minutes, result.step, steps, result.checkpoint)
