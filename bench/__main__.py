@@ -33,6 +33,7 @@ PARTS = [
     ("comfy_overhead", "bench.comfy_overhead", "ComfyUI's overhead over the engine"),
     ("frozen_parts", "bench.frozen_parts", "caption encoding through core CLIP, latent caching with the SD VAE"),
     ("gpu", "bench.gpu", "sd preset on a GPU"),
+    ("distributed", "bench.distributed", "data-parallel scaling, 1 process against N ranks"),
 ]
 
 def markers(block: str = "") -> tuple[str, str]:
