@@ -69,7 +69,7 @@ class Train(io.ComfyNode):
                 io.Float.Input("max_minutes", default=0.0, min=0.0, max=100_000.0, step=0.5,
                                tooltip="Training-time budget in minutes, counted over resumed runs too: on reaching "
                                        "it the model is saved and returned as it is. 0: no budget."),
-                io.Int.Input("batch_size", default=64, min=1, max=4096, tooltip="Images per step."),
+                io.Int.Input("batch_size", default=64, min=1, max=4096, tooltip="Images per step (with processes > 1: all processes together, a multiple of processes)."),
                 io.Float.Input("learning_rate", default=0.001, min=0.0000001, max=1.0, step=0.00001,
                                tooltip="AdamW learning rate (after a 100-step warmup)."),
                 io.Float.Input("cfg_dropout", default=0.1, min=0.0, max=0.95, step=0.01,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,8 @@ def train_parser(sub) -> argparse.ArgumentParser:
                    help="rank 0 appends progress, validation images, log lines and the end as JSON lines here")
     p.add_argument("--stop-file", default=None,
                    help="when this file appears, rank 0 saves a resumable checkpoint and every rank stops")
+    p.add_argument("--parent-pid", type=int, default=None,
+                   help="when this process ends (the launcher), rank 0 saves and every rank stops")
     return p
 
 
@@ -77,10 +80,21 @@ def show_progress(p: Progress):
         print(f"step {p.step}/{p.total} loss {p.loss:.4f} {p.images_per_s:.0f} img/s eta {p.eta_s:.0f}s", flush=True)
 
 
+def gone(pid: int | None) -> bool:
+    """Whether process `pid` has ended (a launcher that died must not leave its ranks training)."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def rank_devices(dist: distributed.Distributed) -> list[dict]:
     """Each rank's device and its memory (rank 0 reports them): GPU memory on CUDA, the machine's on the CPU."""
-    import os
-
     import torch
     if dist.device is not None and dist.device.type == "cuda":
         free, total = torch.cuda.mem_get_info(dist.device)
@@ -96,6 +110,7 @@ def rank_devices(dist: distributed.Distributed) -> list[dict]:
 
 def run_train(args: dict) -> int:
     events_file, stop_file, parts = args.pop("events"), args.pop("stop_file"), args.pop("parts")
+    parent = args.pop("parent_pid")
     dist = distributed.from_environment()
     events = None
     try:
@@ -126,8 +141,7 @@ def run_train(args: dict) -> int:
                     events.write("log", message=message)
 
                 callbacks = TrainCallbacks(on_progress=progress, log=log, on_validation=events.validation)
-            if stop_file:
-                callbacks.should_stop = Path(stop_file).exists
+            callbacks.should_stop = lambda: bool(stop_file and Path(stop_file).exists()) or gone(parent)
         result = train(TrainConfig(**args), encoder, codec, callbacks=callbacks, dist=dist)
         if dist.is_main:
             print(f"saved {result.checkpoint} at step {result.step}", flush=True)

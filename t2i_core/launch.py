@@ -13,7 +13,8 @@ a run folder:
                                {"event": "error", "message"}              a TrainingError, as rank 0 saw it
                                {"event": "done", "step", "stopped", "out_of_time", "checkpoint"}
     run/stop                 created by the launcher to cancel: rank 0 sees it, saves, and every rank stops
-                             at the same step (t2i_core.distributed.Distributed.decide)
+                             at the same step (t2i_core.distributed.Distributed.decide); so does the
+                             launcher's own end (--parent-pid), so a dead ComfyUI leaves no ranks training
     run/logs/                each rank's stdout and stderr (torchrun --log-dir, --redirects 3)
     run/torchrun.log         the launcher's own output, with torchrun's failure summary
 
@@ -135,7 +136,7 @@ def train_command(config: TrainConfig, processes: int, run_dir: Path, python: st
     return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
             f"--log-dir={run_dir / 'logs'}", "--redirects=3", "-m", "t2i_core", "train", *config_args(config),
             f"--parts={run_dir / 'parts.safetensors'}", f"--events={run_dir / 'events.jsonl'}",
-            f"--stop-file={run_dir / 'stop'}"]
+            f"--stop-file={run_dir / 'stop'}", f"--parent-pid={os.getpid()}"]
 
 
 # ---- when it fails ----
