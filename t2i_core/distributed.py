@@ -14,6 +14,9 @@ How a step is split (t2i_core.train):
 - The U-Net is wrapped in DistributedDataParallel, which all-reduces (averages) the gradients during backward:
   the mean of the N shard losses' gradients is the gradient of the global batch's mean loss. Every rank then
   applies the same AdamW step to the same weights, so weights and EMA stay identical on all ranks.
+- One exception: nn.Dropout inside the U-Net draws from the global RNG, which each rank seeds by (seed, step)
+  for its own rows; with UNetConfig.dropout > 0 (no preset uses it) N ranks then train like one process in
+  distribution, not to float tolerance.
 - Rank 0 alone writes files and makes the decisions (cancel, time budget); `decide` hands them to all ranks so
   they stop at the same step.
 """

@@ -187,3 +187,15 @@ def test_killed_rank_is_a_clear_error_and_the_checkpoint_survives(shapes, work, 
     state = load_train_state(state_path(cfg.output))
     assert state.step >= 3 and state.step % 3 == 0
     assert load_checkpoint(cfg.output).training["step"] == state.step
+
+
+def test_config_round_trips_through_the_command_line(shapes, work):
+    import argparse
+
+    from t2i_core.__main__ import train_parser
+    cfg = config(shapes, work, "cli", validation_prompts=["a red circle", "two words"], random_flip=True,
+                 max_minutes=1.5, lr_schedule="cosine")
+    parser = argparse.ArgumentParser()
+    args = vars(train_parser(parser.add_subparsers(dest="command")).parse_args(config_args(cfg)))
+    args = {k: v for k, v in args.items() if k in TrainConfig.__dataclass_fields__}
+    assert TrainConfig(**args) == cfg
