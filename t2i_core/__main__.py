@@ -142,7 +142,7 @@ def run_train(args: dict) -> int:
 
                 callbacks = TrainCallbacks(on_progress=progress, log=log, on_validation=events.validation)
             callbacks.should_stop = lambda: bool(stop_file and Path(stop_file).exists()) or gone(parent)
-        result = train(TrainConfig(**args), encoder, codec, callbacks=callbacks, dist=dist)
+        result = train(TrainConfig(**args), encoder, codec=codec, callbacks=callbacks, dist=dist)
         if dist.is_main:
             print(f"saved {result.checkpoint} at step {result.step}", flush=True)
             if events is not None:
