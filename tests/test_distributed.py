@@ -199,3 +199,12 @@ def test_config_round_trips_through_the_command_line(shapes, work):
     args = vars(train_parser(parser.add_subparsers(dest="command")).parse_args(config_args(cfg)))
     args = {k: v for k, v in args.items() if k in TrainConfig.__dataclass_fields__}
     assert TrainConfig(**args) == cfg
+
+
+def test_launch_reports_rank_0s_error_as_it_is(shapes, work, encoder):
+    cfg = config(shapes, work, "refused", steps=2, batch_size=8, resume=False)
+    Path(cfg.output).parent.mkdir(parents=True)
+    Path(cfg.output).write_bytes(b"someone's model")
+    with pytest.raises(TrainingError, match="already exists and resume is off"):
+        launch(cfg, encoder, PixelCodec(), 2, devices=[])
+    assert Path(cfg.output).read_bytes() == b"someone's model"
