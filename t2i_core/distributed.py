@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
+import threading
 from collections.abc import Iterable
 
 import torch
@@ -78,6 +80,18 @@ class Distributed:
             return module.no_sync()
         return contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def writing(self):
+        """Rank 0 writing its files: a SIGTERM (torchrun ending the ranks because one died) waits until they are
+        whole, so the checkpoint beside a just-written .t2istate is never missing."""
+        _termination["writing"] = True
+        try:
+            yield
+        finally:
+            _termination["writing"] = False
+            if _termination["pending"]:
+                os._exit(128 + signal.SIGTERM)
+
     # ---- collectives ----
     def _tensor(self, values) -> torch.Tensor:
         # NCCL reduces CUDA tensors only; gloo takes CPU tensors
@@ -129,6 +143,15 @@ class Distributed:
 
 
 SINGLE = Distributed()
+_termination = {"writing": False, "pending": False}
+
+
+def _on_sigterm(signum, frame):
+    # SIGTERM ends the process at once, as by default, except while files are being written (Distributed.writing)
+    if _termination["writing"]:
+        _termination["pending"] = True
+    else:
+        os._exit(128 + signum)
 
 
 def launched_by_torchrun() -> bool:
@@ -153,6 +176,8 @@ def from_environment() -> Distributed:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     return Distributed(rank, world_size, local_rank, device)
 
 

@@ -20,7 +20,8 @@ a run folder:
 
 A rank that dies (a crash, a kill, out of memory) makes torchrun end the others; the launcher then raises a
 TrainingError naming the rank and its exit, with the end of that rank's log. Files are only ever written by
-rank 0 through files.atomic_write, so the last checkpoint is whole whatever happens.
+rank 0 through files.atomic_write, and torchrun's SIGTERM waits for a save in progress to finish
+(Distributed.writing), so the last checkpoint is whole whatever happens.
 """
 from __future__ import annotations
 

@@ -385,7 +385,8 @@ class Trainer:
         """Rank 0 writes the files; with `wait`, the other ranks wait for it (not after a failure, when a rank
         may be gone)."""
         if self.dist.is_main:
-            self.write_files()
+            with self.dist.writing():
+                self.write_files()
         if wait:
             self.dist.barrier()
 
