@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, load_codec_part, load_text_encoder_part
+from .codecs import VAECodec
 from .conditioning import Codec, TextEncoder
 from .files import prefixed, read_safetensors, save_safetensors, take
 from .train import Progress, TrainCallbacks, TrainConfig, TrainResult
@@ -115,8 +116,15 @@ def save_parts(path: str | os.PathLike, text_encoder: TextEncoder, codec: Codec)
 
 def load_parts(path: str | os.PathLike) -> tuple[TextEncoder, Codec]:
     tensors, meta = read_safetensors(path, expected_format=PARTS_FORMAT, what="parts file", error=TrainingError)
-    return (load_text_encoder_part(path, json.loads(meta["text_encoder"]), take(tensors, "text_encoder")),
-            load_codec_part(path, json.loads(meta["codec"]), take(tensors, "codec")))
+    codec_record = json.loads(meta["codec"])
+    text_encoder = load_text_encoder_part(path, json.loads(meta["text_encoder"]), take(tensors, "text_encoder"))
+    codec = load_codec_part(path, codec_record, take(tensors, "codec"))
+    if isinstance(codec, VAECodec):
+        # The same weights and config as the caller's VAE, so the caller's identity: a VAE rebuilt from its
+        # config loses diffusers' private `_use_default_values` key, which VAECodec.identity hashes, and the
+        # checkpoint the ranks save must name the VAE the user connects (external.check_same_part compares them).
+        codec._id = codec_record["identity"]
+    return text_encoder, codec
 
 
 # ---- the command ----

@@ -208,3 +208,18 @@ def test_launch_reports_rank_0s_error_as_it_is(shapes, work, encoder):
     with pytest.raises(TrainingError, match="already exists and resume is off"):
         launch(cfg, encoder, PixelCodec(), 2, devices=[])
     assert Path(cfg.output).read_bytes() == b"someone's model"
+
+
+def test_parts_file_hands_the_ranks_the_same_encoder_and_vae(work, encoder):
+    from t2i_core.codecs import vae_from_config
+    from t2i_core.launch import load_parts, save_parts
+    torch.manual_seed(0)
+    vae = vae_from_config(dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                               layers_per_block=1, norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2,
+                               up_block_types=("UpDecoderBlock2D",) * 2, scaling_factor=0.5))
+    text_encoder, codec = load_parts(save_parts(work / "parts.safetensors", encoder, vae))
+    assert text_encoder.identity == encoder.identity and codec.identity == vae.identity
+    images = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(codec.encode(images), vae.encode(images))
+    torch.testing.assert_close(text_encoder.encode(["a red circle"]).conditioning.context,
+                               encoder.encode(["a red circle"]).conditioning.context)
