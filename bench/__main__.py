@@ -34,6 +34,7 @@ PARTS = [
     ("frozen_parts", "bench.frozen_parts", "caption encoding through core CLIP, latent caching with the SD VAE"),
     ("gpu", "bench.gpu", "sd preset on a GPU"),
     ("reliability", "bench.reliability", "cost of the Cancel hook and the size estimate"),
+    ("distributed", "bench.distributed", "data-parallel scaling, 1 process against N ranks"),
 ]
 
 def markers(block: str = "") -> tuple[str, str]:

@@ -22,6 +22,7 @@ from . import paths
 from .comfy_format import images_to_comfy, preview
 from .comfy_model import core_model
 from .comfy_parts import as_codec, as_text_encoder, loader_of
+from .launcher import train_in_processes
 from .types import CATEGORY, Node, T2IModel, codec_input, text_encoder_input
 
 log = logging.getLogger("t2i_mini")
@@ -69,7 +70,7 @@ class Train(Node):
                 io.Float.Input("max_minutes", default=0.0, min=0.0, max=100_000.0, step=0.5,
                                tooltip="Training-time budget in minutes, counted over resumed runs too: on reaching "
                                        "it the model is saved and returned as it is. 0: no budget."),
-                io.Int.Input("batch_size", default=64, min=1, max=4096, tooltip="Images per step."),
+                io.Int.Input("batch_size", default=64, min=1, max=4096, tooltip="Images per step (with processes > 1: all processes together, a multiple of processes)."),
                 io.Float.Input("learning_rate", default=0.001, min=0.0000001, max=1.0, step=0.00001,
                                tooltip=f"AdamW learning rate (after a {TrainConfig.warmup_steps}-step warmup)."),
                 io.Float.Input("cfg_dropout", default=0.1, min=0.0, max=0.95, step=0.01,
@@ -103,6 +104,15 @@ class Train(Node):
                                  tooltip="Off: refuse a resolution whose largest attention layer has over 4096 "
                                          "positions (128 px for tiny on pixels), with the cost estimate. On: train "
                                          "at it anyway."),
+                io.Int.Input("processes", default=1, min=1, max=64, optional=True,
+                             tooltip="Data-parallel processes (torch.distributed, one per GPU). 1 trains inside "
+                                     "ComfyUI. Above 1, a torchrun subprocess group trains on the GPUs ComfyUI "
+                                     "isn't holding (or those in devices), each on batch_size/processes images of "
+                                     "every step, so the model is the one a single process would train. On a CPU "
+                                     "they share its cores (gloo), which gains little."),
+                io.String.Input("devices", default="", optional=True,
+                                tooltip="With processes > 1 on CUDA: the GPUs to train on, e.g. '1,2' (as ComfyUI "
+                                        "numbers them). Empty: the GPUs ComfyUI isn't holding."),
                 io.String.Input("dataset_path", optional=True, force_input=True,
                                 tooltip="A dataset folder: a subfolder of ComfyUI's input folder (by name, or its "
                                         "absolute path as Make Dataset gives it) or of a folder the server's "
@@ -141,7 +151,7 @@ class Train(Node):
     @classmethod
     def execute(cls, dataset, text_encoder, codec, preset, steps, max_minutes, batch_size, learning_rate,
                 cfg_dropout, resolution, seed, checkpoint_name, resume, validation_prompts, validation_every,
-                checkpoint_every, precision, compile=False, allow_large_sizes=False,
+                checkpoint_every, precision, compile=False, allow_large_sizes=False, processes=1, devices="",
                 dataset_path=None) -> io.NodeOutput:
         folder = paths.dataset_folder(dataset, dataset_path)
         output = paths.checkpoint_output_path(checkpoint_name)
@@ -178,8 +188,11 @@ class Train(Node):
             log=lambda message: log.info("T2I Mini: %s", message),
         )
         log.info("T2I Mini: training %s on %s (%d steps)", output.name, folder, steps)
-        with torch.inference_mode(False), torch.enable_grad():
-            result = train(config, text_encoder, codec, device=mm.get_torch_device(), callbacks=callbacks)
+        if processes > 1:
+            result = train_in_processes(config, text_encoder, codec, processes, devices or "", callbacks)
+        else:
+            with torch.inference_mode(False), torch.enable_grad():
+                result = train(config, text_encoder, codec, device=mm.get_torch_device(), callbacks=callbacks)
         if result.out_of_time:
             log.info("T2I Mini: the %g-minute budget ended training at step %d of %d; %s is resumable",
                      max_minutes, result.step, steps, result.checkpoint)

@@ -6,14 +6,26 @@ Every TrainConfig field is an option (`--max-minutes 3`, `--lr-schedule cosine`,
 repeated, ...); `python -m t2i_core train --help` lists them with their defaults. The text encoder is the tiny
 seeded one (`--text-encoder-seed`), or CLIP weights from a file (`--text-encoder-file`, with `--text-encoder-model`
 naming the open_clip architecture).
+
+Under torchrun it trains data-parallel, one rank per process (t2i_core.distributed):
+
+    torchrun --nproc-per-node 2 -m t2i_core train --dataset DIR --output model.safetensors --batch-size 64
+
+`--batch-size` is the global batch (each of N ranks trains on batch/N of it), so the same command with any
+number of processes trains the same model, and a checkpoint saved by N ranks resumes with M. Rank 0 alone
+prints and writes files. `--events`, `--stop-file` and `--parts` are how t2i_core.launch (the Train node with
+processes > 1) follows and cancels a run.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+from pathlib import Path
 
-from .train import Progress, TrainCallbacks, TrainConfig, train
+from . import distributed
+from .train import Progress, TrainCallbacks, TrainConfig, TrainingError, train
 
 PROGRESS_EVERY = 25  # steps between progress lines
 
@@ -46,6 +58,14 @@ def train_parser(sub) -> argparse.ArgumentParser:
                    help="CLIP text weights (.safetensors or a pickle-free .pt/.bin) instead of the tiny encoder")
     p.add_argument("--text-encoder-model", default="custom",
                    help="the open_clip model name the --text-encoder-file belongs to (e.g. ViT-L-14)")
+    p.add_argument("--parts", default=None,
+                   help="the text encoder and codec from a parts file (written by t2i_core.launch)")
+    p.add_argument("--events", default=None,
+                   help="rank 0 appends progress, validation images, log lines and the end as JSON lines here")
+    p.add_argument("--stop-file", default=None,
+                   help="when this file appears, rank 0 saves a resumable checkpoint and every rank stops")
+    p.add_argument("--parent-pid", type=int, default=None,
+                   help="when this process ends (the launcher), rank 0 saves and every rank stops")
     return p
 
 
@@ -60,11 +80,82 @@ def show_progress(p: Progress):
         print(f"step {p.step}/{p.total} loss {p.loss:.4f} {p.images_per_s:.0f} img/s eta {p.eta_s:.0f}s", flush=True)
 
 
+def gone(pid: int | None) -> bool:
+    """Whether process `pid` has ended (a launcher that died must not leave its ranks training)."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def rank_devices(dist: distributed.Distributed) -> list[dict]:
+    """Each rank's device and its memory (rank 0 reports them): GPU memory on CUDA, the machine's on the CPU."""
+    import torch
+    if dist.device is not None and dist.device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(dist.device)
+        name = torch.cuda.get_device_name(dist.device)
+    else:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        free, total = os.sysconf("SC_AVPHYS_PAGES") * size, pages * size
+        name = "CPU memory, shared by the ranks"
+    mine = {"rank": dist.rank, "device": str(dist.device or "cpu"), "name": name,
+            "free_gib": free / 2**30, "total_gib": total / 2**30}
+    return dist.all_gather_objects(mine)
+
+
 def run_train(args: dict) -> int:
-    encoder = text_encoder_from(args)
-    result = train(TrainConfig(**args), encoder, callbacks=TrainCallbacks(on_progress=show_progress, log=print))
-    print(f"saved {result.checkpoint} at step {result.step}")
-    return 0
+    events_file, stop_file, parts = args.pop("events"), args.pop("stop_file"), args.pop("parts")
+    parent = args.pop("parent_pid")
+    dist = distributed.from_environment()
+    events = None
+    try:
+        if parts:
+            from .launch import load_parts
+            args = {k: v for k, v in args.items() if not k.startswith("text_encoder_")}
+            encoder, codec = load_parts(parts)
+        else:
+            encoder, codec = text_encoder_from(args), None
+        ranks = rank_devices(dist)
+        callbacks = TrainCallbacks()
+        if dist.is_main:  # the other ranks train silently and follow rank 0's decisions
+            callbacks = TrainCallbacks(on_progress=show_progress, log=print)
+            if dist.active:
+                print(f"training with {dist.world_size} processes, {args['batch_size'] // dist.world_size} of the "
+                      f"batch of {args['batch_size']} each", flush=True)
+            if events_file:
+                from .launch import EventWriter
+                events = EventWriter(events_file)
+                events.write("ranks", ranks=ranks)
+
+                def progress(p: Progress):
+                    show_progress(p)
+                    events.write("progress", **dataclasses.asdict(p))
+
+                def log(message: str):
+                    print(message, flush=True)
+                    events.write("log", message=message)
+
+                callbacks = TrainCallbacks(on_progress=progress, log=log, on_validation=events.validation)
+            callbacks.should_stop = lambda: bool(stop_file and Path(stop_file).exists()) or gone(parent)
+        result = train(TrainConfig(**args), encoder, codec=codec, callbacks=callbacks, dist=dist)
+        if dist.is_main:
+            print(f"saved {result.checkpoint} at step {result.step}", flush=True)
+            if events is not None:
+                events.write("done", step=result.step, stopped=result.stopped, out_of_time=result.out_of_time,
+                             checkpoint=str(result.checkpoint))
+        return 0
+    except (TrainingError, ValueError) as e:
+        if events is not None:
+            events.write("error", message=str(e))
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        distributed.cleanup()
 
 
 def main(argv=None) -> int:

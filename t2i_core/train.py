@@ -17,6 +17,7 @@ Never losing work:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -34,6 +35,7 @@ from .conditioning import Codec, Conditioning, TextEncoder
 from .data.cache import TensorCache
 from .data.folder import CaptionedImages, augment, fingerprint, gather, load_dataset
 from .devices import autocast, default_device, resolve_precision
+from .distributed import SINGLE, Distributed
 from .geometry import check_train_size, latent_shape
 from .pipeline import T2IModel
 from .sampler import make_noise, sample
@@ -244,15 +246,25 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 
 
 class Trainer:
+    """One process's trainer. With `dist` (t2i_core.distributed) it is one rank of a data-parallel run: it
+    trains on its rows of each global batch, and only rank 0 writes files and calls the callbacks' deciders."""
+
     def __init__(self, cfg: TrainConfig, text_encoder: TextEncoder, codec: Codec | None = None,
-                 device=None, callbacks: TrainCallbacks | None = None):
+                 device=None, callbacks: TrainCallbacks | None = None, dist: Distributed | None = None):
         self.cfg = cfg
         self.cb = callbacks or TrainCallbacks()
         self.log = self.cb.log or (lambda message: None)
+        self.dist = dist or SINGLE
+        try:
+            self.dist.check_batch(cfg.batch_size)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        device = device if device is not None else self.dist.device
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = resolve_precision(cfg.precision, self.device)
         self.output = Path(cfg.output)
-        check_writable(self.output)
+        if self.dist.is_main:
+            check_writable(self.output)
         self.text_encoder = text_encoder.to(self.device)
         self.codec = (codec or PixelCodec()).to(self.device)
 
@@ -272,32 +284,42 @@ class Trainer:
             crop_step=self.codec.factor, buckets={"auto": None, "on": True, "off": False}[cfg.buckets],
             size_factor=self.codec.factor * unet_cfg.downsample_factor, log=self.log)
         self.buckets = self.data.position_buckets  # None: every image is square
+        if self.buckets is not None and self.dist.active:
+            # a bucket's last batch of an epoch can be smaller than batch_size, so it would not split evenly
+            raise TrainingError("aspect-ratio buckets do not yet train with several processes: train with one "
+                                "process, or turn buckets off (buckets='off', --buckets off) to centre-crop squares")
         self.cache = TensorCache(cfg.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "t2i-mini"))
-        self.captions = CaptionTable(self.text_encoder, [c for cs in self.data.captions for c in cs], self.cache,
-                                     self.device)
-        self.latents = self.encode_latents() if not isinstance(self.codec, PixelCodec) else None
+        with self.dist.main_first():  # rank 0 encodes into the shared cache, the others then read it
+            self.captions = CaptionTable(self.text_encoder, [c for cs in self.data.captions for c in cs],
+                                         self.cache, self.device)
+            self.latents = self.encode_latents() if not isinstance(self.codec, PixelCodec) else None
 
         self.schedule = NoiseSchedule(ScheduleConfig(prediction_type=cfg.prediction_type, beta_schedule=cfg.beta_schedule))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.unet = TextConditionedUNet(unet_cfg).to(self.device)
         self.ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
-        # the compiled module shares self.unet's parameters; state dicts are always taken from self.unet
-        self.train_forward = torch.compile(self.unet) if cfg.compile else self.unet
         # the fused kernel does the whole update in one pass over the parameters: about 26 ms less per step for
-        # `tiny` on a 2-core Zen 4 CPU, the same update up to float rounding
+        # `tiny` on a 2-core AMD EPYC, the same update up to float rounding
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      fused=self.device.type in ("cpu", "cuda"))
         self.step = 0
         self.history: list[dict] = []
         self.elapsed_s = 0.0
-        # held from reading the state to the last save (released by run); a second run on this name is refused
-        self.lock = TrainingLock(self.output).acquire()
+        # held by the writing rank from reading the state to the last save (released by run); a second run on
+        # this name is refused
+        self.lock = TrainingLock(self.output) if self.dist.is_main else None
+        if self.lock is not None:
+            self.lock.acquire()
         try:
             self.resume_or_start()
         except BaseException:
-            self.lock.release()
+            self.release_lock()
             raise
+        # DDP (several ranks) and the compiled module share self.unet's parameters; state dicts are always
+        # taken from self.unet
+        self.ddp = self.dist.wrap(self.unet)
+        self.train_forward = torch.compile(self.ddp) if cfg.compile else self.ddp
 
     # ---- data ----
     def encode_latents(self) -> torch.Tensor:
@@ -342,9 +364,17 @@ class Trainer:
             noise = noise + cfg.noise_offset * torch.randn(*x0.shape[:2], 1, 1, generator=gen)
         return x0, text, t.to(self.device), noise.to(self.device)
 
+    def rank_share(self, x0, text: Conditioning, t, noise):
+        """This rank's rows of the global micro-batch (all of it on one process). Every rank draws the whole
+        batch, so its randomness stays a function of (seed, step) whatever the number of ranks."""
+        if not self.dist.active:
+            return x0, text, t, noise
+        rows = self.dist.rows(len(t))
+        return x0[rows], Conditioning(text.context[rows], text.key_mask[rows]), t[rows], noise[rows]
+
     # ---- one optimizer step ----
     def loss(self, step: int, micro: int) -> torch.Tensor:
-        x0, text, t, noise = self.batch(step, micro)
+        x0, text, t, noise = self.rank_share(*self.batch(step, micro))
         x_t = self.schedule.q_sample(x0, t, noise)
         with autocast(self.device, self.precision):
             pred = self.train_forward(x_t, t, text.context, text.key_mask)
@@ -361,11 +391,13 @@ class Trainer:
         total = 0.0
         for micro in range(cfg.grad_accum):
             # nn.Dropout draws from the global RNG: seed it per step too, for exact resume
-            with torch.random.fork_rng(devices=[]):
+            last = micro == cfg.grad_accum - 1  # DDP averages the ranks' gradients in the last backward only
+            with torch.random.fork_rng(devices=[]), (contextlib.nullcontext() if last else self.dist.no_sync(self.ddp)):
                 torch.manual_seed(step_generator(cfg.seed, self.step, micro + 1).initial_seed())
                 loss = self.loss(self.step, micro) / cfg.grad_accum
                 loss.backward()
             total += loss.item()
+        total = self.dist.mean(total)  # the global batch's loss, the same on every rank
         if not math.isfinite(total):
             raise TrainingError(f"the loss became {total} at step {self.step + 1}; training stopped and the last "
                                 f"checkpoint ({self.output}) is kept. Lower the learning rate (now {cfg.lr}) or use "
@@ -379,6 +411,17 @@ class Trainer:
             torch._foreach_lerp_(list(self.ema.parameters()), list(self.unet.parameters()), 1 - decay)
         return total
 
+    def check_ranks_agree(self):
+        """The EMA weights are bit-identical on every rank (DDP gives all ranks the same gradients, hence the same
+        steps); rank 0 saves its copy, so a difference would be a bug worth stopping for."""
+        if not self.dist.active:
+            return
+        digests = self.dist.digests(self.ema.state_dict().values())
+        if len(set(digests)) > 1:
+            raise TrainingError(f"the ranks' EMA weights differ at step {self.step} (sha256 {digests}); the last "
+                                f"checkpoint ({self.output}) is kept. Report this with the torch version and backend")
+        self.log(f"EMA weights bit-identical on all {self.dist.world_size} ranks (sha256 {digests[0][:16]})")
+
     # ---- saving and resuming ----
     def model(self) -> T2IModel:
         return T2IModel(self.ema, self.schedule, self.text_encoder, self.codec, self.summary())
@@ -391,7 +434,16 @@ class Trainer:
                     [h, w, self.data.item_bucket.count(b)] for b, (h, w) in enumerate(self.data.bucket_sizes)],
                 "last_loss": self.history[-1]["loss"] if self.history else None, "train_seconds": round(self.elapsed_s, 1)}
 
-    def save(self):
+    def save(self, wait: bool = True):
+        """Rank 0 writes the files; with `wait`, the other ranks wait for it (not after a failure, when a rank
+        may be gone)."""
+        if self.dist.is_main:
+            with self.dist.writing():
+                self.write_files()
+        if wait:
+            self.dist.barrier()
+
+    def write_files(self):
         save_train_state(state_path(self.output), TrainState(
             step=self.step, config=asdict(self.cfg), history=self.history, elapsed_s=self.elapsed_s,
             unet=self.unet.state_dict(), ema=self.ema.state_dict(), optimizer=self.opt.state_dict()))
@@ -432,6 +484,12 @@ class Trainer:
 
     # ---- the loop ----
     def validate(self):
+        """Validation images from the EMA weights, sampled by rank 0 while the other ranks wait."""
+        if self.dist.is_main:
+            self.sample_validation()
+        self.dist.barrier()
+
+    def sample_validation(self):
         if not self.cfg.validation_prompts or self.cb.on_validation is None:
             return
         prompts = self.cfg.validation_prompts
@@ -442,11 +500,15 @@ class Trainer:
         with torch.inference_mode():
             self.cb.on_validation(self.step, self.codec.decode(z).cpu())
 
+    def release_lock(self):
+        if self.lock is not None:
+            self.lock.release()
+
     def run(self) -> TrainResult:
         try:
             return self._run()
         finally:
-            self.lock.release()
+            self.release_lock()
 
     def _run(self) -> TrainResult:
         cfg = self.cfg
@@ -455,11 +517,14 @@ class Trainer:
         self.unet.train()
         try:
             while self.step < cfg.steps:
-                if self.cb.should_stop is not None and self.cb.should_stop():
+                cancel = self.cb.should_stop is not None and self.cb.should_stop()
+                # the budget counts all training time of this checkpoint, resumed runs included
+                spent = bool(cfg.max_minutes) and self.elapsed_s + time.perf_counter() - t0 >= cfg.max_minutes * 60
+                cancel, spent = self.dist.decide(cancel, spent)  # rank 0's clock and cancel decide for all ranks
+                if cancel:
                     stopped = True
                     break
-                # the budget counts all training time of this checkpoint, resumed runs included
-                if cfg.max_minutes and self.elapsed_s + time.perf_counter() - t0 >= cfg.max_minutes * 60:
+                if spent:
                     stopped = out_of_time = True
                     self.log(f"time budget of {cfg.max_minutes:g} min reached at step {self.step}")
                     break
@@ -484,10 +549,11 @@ class Trainer:
         except BaseException:
             self.elapsed_s += time.perf_counter() - t0
             if self.step > 0:
-                self.save()  # an unexpected error or interrupt: keep the progress so far
+                self.save(wait=False)  # an unexpected error or interrupt: keep the progress so far
             raise
         self.elapsed_s += time.perf_counter() - t0
         self.unet.eval()
+        self.check_ranks_agree()
         self.save()
         if not stopped or out_of_time:
             self.validate()
@@ -495,5 +561,5 @@ class Trainer:
 
 
 def train(config: TrainConfig, text_encoder: TextEncoder, codec: Codec | None = None, *, device=None,
-          callbacks: TrainCallbacks | None = None) -> TrainResult:
-    return Trainer(config, text_encoder, codec, device, callbacks).run()
+          callbacks: TrainCallbacks | None = None, dist: Distributed | None = None) -> TrainResult:
+    return Trainer(config, text_encoder, codec, device, callbacks, dist).run()
