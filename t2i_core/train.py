@@ -52,6 +52,8 @@ from .train_state import (
 )
 from .unet import PRESETS, TextConditionedUNet, preset_config
 
+LR_SCHEDULES = ("constant", "cosine")  # after the linear warmup: stay, or fall to 0 at `steps` (lr_factor)
+
 
 @dataclass
 class TrainConfig:
@@ -109,8 +111,8 @@ class TrainConfig:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         if self.buckets not in ("auto", "on", "off"):
             raise ValueError(f"buckets must be 'auto', 'on' or 'off', got {self.buckets!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not str(self.output).endswith(".safetensors"):
             raise ValueError(f"output must be a .safetensors path, got {self.output!r}")
 

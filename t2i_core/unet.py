@@ -73,8 +73,13 @@ class UNetConfig:
         return cls(**d)
 
 
-# Named sizes. `tiny` trains on a 2-core CPU in minutes at 16-32 px; `sd` is Stable Diffusion 1.x's shape.
+# Named sizes. `micro` is for a CPU budget of minutes at 16 px (the demo): with a quarter of `tiny`'s FLOPs per
+# image it takes twice the steps in the same time, and the text in the time embedding and coordinate channels
+# let it learn color, size and position in them (docs/QUALITY.md, "The 3-minute demo"). `tiny` trains on a
+# 2-core CPU in minutes at 16-32 px; `sd` is Stable Diffusion 1.x's shape.
 PRESETS: dict[str, dict] = {
+    "micro": dict(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(1, 2), num_heads=2,
+                  text_in_time_embedding=True, coordinate_channels=True),
     "tiny": dict(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(1, 2), num_heads=4),
     "small": dict(base_channels=64, channel_mult=(1, 2, 4), num_res_blocks=2, attention_levels=(1, 2), num_heads=4),
     "base": dict(base_channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2, attention_levels=(1, 2, 3), num_heads=8),

@@ -4,7 +4,14 @@ import pytest
 import torch
 from t2i_test_utils import randomize_zero_layers
 
-from t2i_core.unet import CrossAttention, TextConditionedUNet, UNetConfig, group_norm, preset_config, with_coordinates
+from t2i_core.unet import (
+    CrossAttention,
+    TextConditionedUNet,
+    UNetConfig,
+    group_norm,
+    preset_config,
+    with_coordinates,
+)
 
 
 def tiny_unet(**kw):
