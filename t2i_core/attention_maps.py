@@ -225,6 +225,15 @@ def render_word_maps(image: torch.Tensor, word_maps: WordMaps, tile: int = 128, 
     return torch.stack(tiles) if tiles else torch.zeros(0, 3, size[0] + LABEL_HEIGHT, size[1])
 
 
+def render_batch(images: torch.Tensor, per_image: Sequence[WordMaps], tile: int = 128,
+                 opacity: float = 0.6) -> torch.Tensor:
+    """All images' word tiles in one batch (image 0's words, then image 1's, ...), as render_word_maps draws them."""
+    tiles = [render_word_maps(image, maps, tile, opacity) for image, maps in zip(images, per_image)]
+    if not tiles or not sum(len(t) for t in tiles):
+        raise ValueError("the prompt has no words to map (it is empty): give a prompt with words")
+    return torch.cat(tiles)
+
+
 # ---- the whole run ----
 
 
