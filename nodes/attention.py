@@ -47,9 +47,9 @@ class AttentionMaps(io.ComfyNode):
                                tooltip="How strongly the heat map covers the image (0 = the image only)."),
             ],
             outputs=[
-                io.Image.Output("attention_maps", tooltip="One labelled heat map per word and image: image 0's "
+                io.Image.Output("attention_maps", display_name="attention_maps", tooltip="One labelled heat map per word and image: image 0's "
                                                           "words in prompt order, then image 1's, ..."),
-                io.Image.Output("images", tooltip="The generated images, as the Guided Sampler and Decode give them."),
+                io.Image.Output("images", display_name="images", tooltip="The generated images, as the Guided Sampler and Decode give them."),
             ],
         )
 
