@@ -201,8 +201,9 @@ def heat_colors(values: np.ndarray) -> np.ndarray:
 
 
 def render_word_maps(image: torch.Tensor, word_maps: WordMaps, tile: int = 128, opacity: float = 0.6) -> torch.Tensor:
-    """(words, 3, H', W') in 0..1: per word, its map (scaled to its own maximum) over the image, labelled below
-    with the word and its share of the attention. The image is enlarged by a whole factor to about `tile` pixels
+    """(words, 3, H', W') in 0..1: per word, its map over the image, labelled below with the word and its share of
+    the attention. Each map is stretched from its own minimum (dark) to its maximum (bright): every position gives
+    every word some attention, so the contrast is in the differences, and the label keeps the absolute share. The image is enlarged by a whole factor to about `tile` pixels
     (nearest: the pixels stay sharp), the map smoothly (it is coarser than the image)."""
     _, height, width = image.shape
     scale = max(1, tile // max(height, width))
@@ -215,7 +216,8 @@ def render_word_maps(image: torch.Tensor, word_maps: WordMaps, tile: int = 128, 
     tiles = []
     for text, m, share in zip(word_maps.words, maps, word_maps.shares.tolist()):
         m = m.numpy()
-        heat = heat_colors(m / max(float(m.max()), 1e-8))
+        low, high = float(m.min()), float(m.max())
+        heat = heat_colors((m - low) / max(high - low, 1e-8))
         blended = (1 - opacity) * base + opacity * heat
         canvas = Image.new("RGB", (size[1], size[0] + LABEL_HEIGHT), "black")
         canvas.paste(Image.fromarray((np.clip(blended, 0, 1) * 255).round().astype(np.uint8)), (0, 0))
