@@ -52,8 +52,8 @@ NOTES = {
     "attention_maps": (
         "## Attention maps\n\nWhere each word of the prompt lands: **Attention Maps** samples like the Guided "
         "Sampler and records, for every image position, how much attention each word gets in the U-Net's "
-        "cross-attention (averaged over heads, layers and the steps between average_start and average_end). One row "
-        "per image, one heat map per word, labelled with the word and its share of the attention.\n\nNeeds "
+        "cross-attention (averaged over heads, layers and the steps between average_start and average_end: here "
+        "the first half of the run, where the layout is decided). One row per image, one heat map per word, labelled with the word and its share of the attention.\n\nNeeds "
         "`shapes.safetensors` from the **train_from_dataset** template. With another prompt, set the grid's columns "
         "to its number of words."),
 }

@@ -44,7 +44,7 @@ def test_attention_maps_template_runs(comfy):
 # Training long enough for the maps to mean something takes minutes on a 2-core CPU, too long for the unit tests
 # (which CI also runs a second time with T2I_NO_CPU_BF16=1); here it runs once per CI run, in `make test`.
 
-SHAPES_STEPS = 700
+SHAPES_STEPS = 1200  # at 700 the shape's word was on the shape in 71% of the samples, at 1200 in 92%
 SAMPLES = 48
 
 
@@ -72,7 +72,8 @@ def test_the_shape_word_lands_on_the_shape(shapes_model):
     from t2i_core.data import generate_shapes
     _, captions, attributes = generate_shapes(SAMPLES, resolution=16, seed=5)  # 48 of the 72 combinations
     images, per_image = generate_with_attention(shapes_model, captions, seeds=list(range(SAMPLES)), height=16,
-                                                width=16, steps=15, guidance_scale=3.0, precision="fp32")
+                                                width=16, steps=15, guidance_scale=3.0, precision="fp32",
+                                                progress=(0.0, 0.5))  # the first half, where the layout is made
     on_shape = []
     for image, maps, wanted in zip(images, per_image, attributes):
         shape = image.max(dim=0).values > 0.5  # the shapes are pure colours on black
