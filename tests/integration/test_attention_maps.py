@@ -1,4 +1,5 @@
-"""The attention_maps workflow through /prompt in a real ComfyUI: one labelled heat map per word and image."""
+"""Attention maps at full size: the attention_maps workflow through /prompt in a real ComfyUI (one labelled heat
+map per word and image), and the maps of a trained shapes model (the shape's word lands on the shape)."""
 from __future__ import annotations
 
 import time
