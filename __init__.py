@@ -3,12 +3,13 @@
 Only `comfy_entrypoint` is exported: a module that also had NODE_CLASS_MAPPINGS would be loaded the V1 way
 and its V3 entrypoint ignored.
 """
-try:
-    from .nodes import comfy_entrypoint
-except ModuleNotFoundError as error:
-    # Outside ComfyUI (pytest imports this file as the repo root's package) there are no nodes to offer;
-    # inside ComfyUI comfy_api always exists, so any other import failure still surfaces.
-    if error.name != "comfy_api":
-        raise
+if __package__:  # pytest imports this file as a plain module when the checkout's folder name has a hyphen
+    try:
+        from .nodes import comfy_entrypoint
+    except ModuleNotFoundError as error:
+        # Outside ComfyUI (pytest imports this file as the repo root's package) there are no nodes to offer;
+        # inside ComfyUI comfy_api always exists, so any other import failure still surfaces.
+        if error.name != "comfy_api":
+            raise
 
 __all__ = ["comfy_entrypoint"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
-from . import conditioning, datasets, images, loaders, paths, sampling, training
+from . import attention, conditioning, datasets, images, loaders, paths, sampling, training
 
 paths.register_model_folder()
 
@@ -13,8 +13,8 @@ paths.register_model_folder()
 class T2IMiniExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*loaders.NODES, *conditioning.NODES, *sampling.NODES, *training.NODES, *datasets.NODES,
-                *images.NODES]
+        return [*loaders.NODES, *conditioning.NODES, *sampling.NODES, *attention.NODES, *training.NODES,
+                *datasets.NODES, *images.NODES]
 
 
 async def comfy_entrypoint() -> T2IMiniExtension:

@@ -21,6 +21,9 @@ PREVIEW_SIZE = 512  # longest side of a progress preview, in pixels
 # carry such extra keys along, and the pack's sampler and Decode compare them with the model's.
 TEXT_ENCODER_KEY = "t2i_mini_text_encoder"
 CODEC_KEY = "t2i_mini_codec"
+# The token ids (prompts, L) behind a CONDITIONING's states, where the encoder reports them: Attention Maps reads
+# the prompt's words from them.
+TOKENS_KEY = "t2i_mini_tokens"
 
 
 def part_stamp(part) -> dict:
@@ -30,8 +33,10 @@ def part_stamp(part) -> dict:
             "label": record.get("label")}
 
 
-def to_comfy_conditioning(cond: Conditioning, device, text_encoder=None) -> list:
+def to_comfy_conditioning(cond: Conditioning, device, text_encoder=None, tokens=None) -> list:
     extra = {}
+    if tokens is not None:
+        extra[TOKENS_KEY] = tokens.cpu()
     if cond.pooled is not None:
         extra["pooled_output"] = cond.pooled.to(device)
     if cond.key_mask is not None:
@@ -47,6 +52,23 @@ def text_encoder_stamp(conditioning) -> dict:
         return dict(conditioning[0][1].get(TEXT_ENCODER_KEY) or {})
     except (TypeError, IndexError, AttributeError):
         return {}
+
+
+def conditioning_tokens(conditioning, name: str = "positive"):
+    """The token ids (prompts, L) a CONDITIONING from Text Encode (T2I Mini) carries, checked against its states."""
+    try:
+        context, extra = conditioning[0][0], conditioning[0][1]
+        tokens = extra.get(TOKENS_KEY)
+    except (TypeError, IndexError, KeyError, AttributeError):
+        tokens = None
+    if not torch.is_tensor(tokens):
+        raise ValueError(f"the {name} conditioning does not say which words it holds: encode the prompt with Text "
+                         "Encode (T2I Mini) and the model's own T2I Mini text encoder (core CLIP Text Encode and a "
+                         "ComfyUI CLIP do not record the tokens)")
+    if torch.is_tensor(context) and tokens.shape[0] != context.shape[0]:
+        raise ValueError(f"the {name} conditioning has {context.shape[0]} prompts but tokens for {tokens.shape[0]}: "
+                         "connect Text Encode (T2I Mini) directly")
+    return tokens
 
 
 def from_comfy_conditioning(conditioning, name: str, context_dim: int) -> Conditioning:

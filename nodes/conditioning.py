@@ -55,7 +55,8 @@ class TextEncode(Node):
             if cut:
                 log.warning("T2I Mini: the prompt %r is longer than the text encoder's %d tokens and was truncated",
                             prompt[:80] + ("..." if len(prompt) > 80 else ""), text_encoder.context_length)
-        return io.NodeOutput(to_comfy_conditioning(encoded.conditioning, mm.intermediate_device(), text_encoder))
+        return io.NodeOutput(to_comfy_conditioning(encoded.conditioning, mm.intermediate_device(), text_encoder,
+                                                   encoded.tokens))
 
 
 class EmptyConditioning(Node):

@@ -49,6 +49,13 @@ NOTES = {
         "## Guidance sweep\n\nThe same noise sampled at guidance scales 1, 3 and 7.5 (one row each): higher "
         "scales follow the prompt more closely and vary less.\n\nNeeds `shapes.safetensors` from the "
         "**train_from_dataset** template."),
+    "attention_maps": (
+        "## Attention maps\n\nWhere each word of the prompt lands: **Attention Maps** samples like the Guided "
+        "Sampler and records, for every image position, how much attention each word gets in the U-Net's "
+        "cross-attention (averaged over heads, layers and the steps between average_start and average_end: here "
+        "the first half of the run, where the layout is decided). One row per image, one heat map per word, labelled with the word and its share of the attention.\n\nNeeds "
+        "`shapes.safetensors` from the **train_from_dataset** template. With another prompt, set the grid's columns "
+        "to its number of words."),
 }
 CONTROL_MODE = {"text_to_image": "randomize"}  # default: "fixed"
 

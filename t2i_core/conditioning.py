@@ -70,6 +70,9 @@ def concat_conditionings(a: Conditioning, b: Conditioning) -> Conditioning:
 class EncodedText:
     conditioning: Conditioning
     truncated: list[bool] = field(default_factory=list)  # per prompt: was it cut to the context length?
+    # (B, L) the token id at each position of the states, where the encoder can tell (t2i_core.attention_maps
+    # reads the prompt's words from it); None otherwise
+    tokens: torch.Tensor | None = None
 
 
 @runtime_checkable

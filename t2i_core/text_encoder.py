@@ -156,7 +156,7 @@ class FrozenCLIPTextEncoder(nn.Module):
         # Causal text attention makes every state after end-of-text a function of padding alone: mask those.
         eot = tokens.argmax(dim=-1)  # the end-of-text id is the largest in CLIP's vocabulary
         key_mask = torch.arange(tokens.shape[1], device=tokens.device)[None] <= eot[:, None]
-        return EncodedText(Conditioning(states.float(), key_mask, pooled.float()), truncated)
+        return EncodedText(Conditioning(states.float(), key_mask, pooled.float()), truncated, tokens.cpu())
 
     def empty(self) -> Conditioning:
         """The empty prompt's conditioning: CFG's unconditional input, computed once."""

@@ -167,7 +167,12 @@ class CrossAttention(nn.Module):
     With context=None it is self-attention. `key_mask` (B, L), True = keep, hides padding tokens.
     Keys and values of a fixed context can be computed once with `project_context` and passed as `kv`,
     which the sampler does because the text is the same at every step.
+
+    `attention_probs_hook(q, k, mask)`, when set (t2i_core.attention_maps.record_attention sets it on the
+    cross-attention layers while it records), sees each call's queries, keys and mask before the attention.
     """
+
+    attention_probs_hook = None  # off: one attribute check per call
 
     def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 4):
         super().__init__()
@@ -190,6 +195,8 @@ class CrossAttention(nn.Module):
         q = self.split_heads(self.to_q(x))
         k, v = kv if kv is not None else self.project_context(x if context is None else context)
         mask = key_mask if key_mask is None or key_mask.dim() == 4 else key_mask[:, None, None, :]
+        if self.attention_probs_hook is not None:
+            self.attention_probs_hook(q, k, mask)
         out = attention(q, k, v, mask)
         b, h, n, d = out.shape
         return self.to_out(out.transpose(1, 2).reshape(b, n, h * d))

@@ -103,7 +103,8 @@ def test_train_latent_with_your_clip_and_vae_template_runs(comfy, latent_checkpo
 
 def test_every_api_twin_is_covered():
     covered = {"train_from_dataset", "text_to_image", "guidance_sweep", "text_to_image_ksampler",
-               "train_latent_with_your_clip_and_vae"}
+               "train_latent_with_your_clip_and_vae",
+               "attention_maps"}  # run in tests/integration/test_attention_maps.py
     assert {p.stem for p in Path(API_DIR).glob("*.json")} == covered, "add a run test for the new workflow"
 
 
