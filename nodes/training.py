@@ -63,9 +63,9 @@ class Train(Node):
                 codec_input(tooltip="Pixel Codec for small CPU models, or a VAE for latent models (latents are "
                                     "encoded once and cached)."),
                 io.Combo.Input("preset", options=list(PRESETS), default="tiny",
-                               tooltip="U-Net size. micro (1.2M parameters) learns the shapes dataset in about 3 CPU-minutes at "
-                                       "16 px (the demo); tiny (4.4M) trains on a CPU in minutes at 16-32 px; small, "
-                                       "base and sd are for GPUs."),
+                               tooltip="U-Net size. micro (1.2M parameters) is for a budget of CPU-minutes at 16 px (the "
+                                       "demo); tiny (4.4M) trains on a CPU in minutes at 16-32 px; small, base and sd "
+                                       "are for GPUs."),
                 io.Int.Input("steps", default=600, min=1, max=10_000_000,
                              tooltip="Total optimizer steps. With resume on, a finished run continues to this "
                                      "many steps."),

@@ -38,13 +38,6 @@ class UNetConfig:
     context_dim: int = 256
     transformer_depth: int = 1
     dropout: float = 0.0
-    # Add the mean of the real tokens' states to the timestep embedding, so every ResBlock, not only the
-    # transformer blocks, sees the whole prompt (as Imagen and SDXL add a pooled text vector). Global
-    # attributes (color, size) are then learned in far fewer steps: docs/QUALITY.md, "What moved it".
-    text_in_time_embedding: bool = False
-    # Give conv_in two more input channels holding each pixel's x and y in -1..1 (CoordConv, Liu et al. 2018).
-    # Convolutions and attention are otherwise blind to absolute position, which "on the left" is about.
-    coordinate_channels: bool = False
 
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
@@ -73,13 +66,11 @@ class UNetConfig:
         return cls(**d)
 
 
-# Named sizes. `micro` is for a CPU budget of minutes at 16 px (the demo): with a quarter of `tiny`'s FLOPs per
-# image it takes twice the steps in the same time, and the text in the time embedding and coordinate channels
-# let it learn color, size and position in them (docs/QUALITY.md, "The 3-minute demo"). `tiny` trains on a
-# 2-core CPU in minutes at 16-32 px; `sd` is Stable Diffusion 1.x's shape.
+# Named sizes. `micro` is for a CPU budget of minutes at 16 px (the demo): with half of `tiny`'s time per step it
+# takes twice the steps in the same minutes, and at that budget steps matter more than width (docs/QUALITY.md,
+# "The 3-minute demo"). `tiny` trains on a 2-core CPU in minutes at 16-32 px; `sd` is Stable Diffusion 1.x's shape.
 PRESETS: dict[str, dict] = {
-    "micro": dict(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(1, 2), num_heads=2,
-                  text_in_time_embedding=True, coordinate_channels=True),
+    "micro": dict(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(1, 2), num_heads=2),
     "tiny": dict(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(1, 2), num_heads=4),
     "small": dict(base_channels=64, channel_mult=(1, 2, 4), num_res_blocks=2, attention_levels=(1, 2), num_heads=4),
     "base": dict(base_channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2, attention_levels=(1, 2, 3), num_heads=8),
@@ -318,22 +309,6 @@ def trim_padding(context: torch.Tensor, key_mask: torch.Tensor | None):
     return context[:, :length], key_mask[:, :length]
 
 
-def with_coordinates(x: torch.Tensor) -> torch.Tensor:
-    """x (B, C, H, W) with two channels more: the x and y of each pixel centre, from -1 to 1 across the image."""
-    b, _, h, w = x.shape
-    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
-    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
-    return torch.cat([x, xs, ys], dim=1)
-
-
-def mean_of_real_tokens(context: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-    """(B, D): the average state of each row's real tokens (key_mask True), padding left out."""
-    if key_mask is None:
-        return context.mean(dim=1)
-    weights = key_mask.to(context.dtype)[..., None]
-    return (context * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-
-
 @dataclass
 class PreparedContext:
     """The text as the U-Net reads it, computed once per sampling run.
@@ -366,8 +341,7 @@ class TextConditionedUNet(nn.Module):
         ch = [cfg.base_channels * m for m in cfg.channel_mult]
         temb_dim = cfg.base_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(cfg.base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        self.text_embed = nn.Linear(cfg.context_dim, temb_dim) if cfg.text_in_time_embedding else None
-        self.conv_in = nn.Conv2d(cfg.in_channels + 2 * cfg.coordinate_channels, ch[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
 
         self.down = nn.ModuleList()
         skip_ch = [ch[0]]
@@ -445,16 +419,9 @@ class TextConditionedUNet(nn.Module):
         t = t.reshape(-1)
         if t.shape[0] not in (1, batch):
             raise ValueError(f"{t.shape[0]} timesteps for {batch} images: give one, or one per image")
-        if self.text_embed is not None and groups > 1:
-            # the text reaches the first ResBlock, so nothing is shared between the conditionings
-            x, t = x.repeat(groups, 1, 1, 1), t.repeat(groups) if t.shape[0] > 1 else t
-            batch, groups = x.shape[0], 1
 
         # one timestep for the batch (sampling): embed it once and let it broadcast
-        temb = self.time_embed(timestep_embedding(t, self.cfg.base_channels).to(x.dtype))
-        if self.text_embed is not None:
-            temb = temb + self.text_embed(mean_of_real_tokens(ctx, mask).to(temb.dtype))
-        temb = F.silu(temb)
+        temb = F.silu(self.time_embed(timestep_embedding(t, self.cfg.base_channels).to(x.dtype)))
         temb_wide = temb.repeat(groups, 1) if groups > 1 and temb.shape[0] > 1 else temb
         if mask is not None:  # built once for every attention: additive, (B, heads, queries, keys)
             bias = torch.zeros(mask.shape, dtype=compute_dtype(x), device=mask.device)
@@ -464,7 +431,7 @@ class TextConditionedUNet(nn.Module):
             return temb if h.shape[0] == temb.shape[0] else temb_wide
 
         hook = self.between_blocks
-        h = self.conv_in(with_coordinates(x) if self.cfg.coordinate_channels else x)
+        h = self.conv_in(x)
         skips = [h]
         for m in self.down:
             h = m(h, temb_for(h), ctx, mask, kv_iter) if isinstance(m, UNetStage) else m(h)
