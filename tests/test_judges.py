@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from t2i_test_utils import needs_sprites
 
 from evals.digits import DigitsJudge
 from evals.distances import frechet_distance, mean_pairwise_distance, pca_features
@@ -113,19 +114,6 @@ def test_mean_pairwise_distance():
 # sprites (npm tarballs that `make setup` fetches into .cache/npm)
 
 
-def _sprites_fetched() -> bool:
-    from t2i_core.data import DatasetError
-    from t2i_core.data.builtin import SPRITES_PACKAGES, npm_tarball
-    try:
-        for name in SPRITES_PACKAGES:
-            npm_tarball(name)
-    except DatasetError:
-        return False
-    return True
-
-
-needs_sprites = pytest.mark.skipif(not _sprites_fetched(), reason="the sprites dataset's npm tarballs are not in "
-                                   ".cache/npm; run make setup (needs npm)")
 
 
 @pytest.fixture(scope="module")

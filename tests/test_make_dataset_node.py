@@ -1,23 +1,10 @@
 """The Make Dataset node in-process (ComfyUI's modules, no server): the sprites choices write the dataset into
 ComfyUI's input folder."""
-import pytest
 from PIL import Image
-
-from t2i_core.data import DatasetError
-from t2i_core.data.builtin import SPRITES_PACKAGES, npm_tarball
+from t2i_test_utils import needs_sprites
 
 
-def _sprites_fetched() -> bool:
-    try:
-        for name in SPRITES_PACKAGES:
-            npm_tarball(name)
-    except DatasetError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _sprites_fetched(), reason="the sprites dataset's npm tarballs are not in .cache/npm; "
-                    "run make setup (needs npm)")
+@needs_sprites
 def test_make_dataset_writes_sprites(comfy_pack, tmp_path):
     import folder_paths
 

@@ -140,15 +140,8 @@ def make_shapes_dataset(folder: str | Path, count: int = 1000, resolution: int =
     settings = {"count": count, "resolution": resolution, "seed": seed, "version": SHAPES_VERSION}
     folder = Path(folder).expanduser()
     images, captions, _ = generate_shapes(count, resolution, seed)  # validates arguments before touching the folder
-    names = [f"shape_{i:05d}" for i in range(count)]
-    files = [f"{name}{ext}" for name in names for ext in (".png", ".txt")]
-    if _prepare_output_folder(folder, "shapes", settings, files):
-        return folder
-    for name, image, caption in zip(names, images, captions):
-        Image.fromarray(image).save(folder / f"{name}.png")
-        (folder / f"{name}.txt").write_text(caption + "\n", encoding="utf-8")
-    _mark_complete(folder)
-    return folder
+    return _write_captioned_images(folder, "shapes", settings, [f"shape_{i:05d}" for i in range(count)], images,
+                                   captions)
 
 
 # -----------------------------------------------------------------------------
@@ -467,19 +460,25 @@ def make_sprites_dataset(folder: str | Path, resolution: int = 64, *, keep_aspec
                 "packages": {name: version for name, (version, _) in SPRITES_PACKAGES.items()}}
     images, captions, attributes = load_sprites(resolution, keep_aspect=keep_aspect, count=count)
     folder = Path(folder).expanduser()
-    names = [f"sprite_{a['number']:03d}" for a in attributes]
-    files = [f"{name}{ext}" for name in names for ext in (".png", ".txt")]
-    if _prepare_output_folder(folder, "sprites", settings, files):
+    return _write_captioned_images(folder, "sprites", settings, [f"sprite_{a['number']:03d}" for a in attributes],
+                                   images, captions)
+
+
+# -----------------------------------------------------------------------------
+# writing into a folder without ever overwriting a user's files
+
+
+def _write_captioned_images(folder: Path, generator: str, settings: dict, names: list[str], images,
+                            captions: list[str]) -> Path:
+    """NAME.png + NAME.txt for each image (uint8 [H, W, 3]) and caption, unless the folder already holds exactly
+    this output; returns the folder."""
+    if _prepare_output_folder(folder, generator, settings, [f"{n}{ext}" for n in names for ext in (".png", ".txt")]):
         return folder
     for name, image, caption in zip(names, images, captions):
         Image.fromarray(image).save(folder / f"{name}.png")
         (folder / f"{name}.txt").write_text(caption + "\n", encoding="utf-8")
     _mark_complete(folder)
     return folder
-
-
-# -----------------------------------------------------------------------------
-# writing into a folder without ever overwriting a user's files
 
 
 def _prepare_output_folder(folder: Path, generator: str, settings: dict, files: list[str]) -> bool:
