@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..t2i_core.attention_maps import record_attention, render_batch, tokens_per_image, word_maps
 from .comfy_format import conditioning_tokens, images_to_comfy
 from .sampling import SAMPLING, GuidedSampler
-from .types import combo_error
+from .types import Node
 
 POSITIVE_TOOLTIP = ("The prompt, from Text Encode (T2I Mini) with the model's text encoder: its conditioning "
                     "records the prompt's tokens, which name the maps. One prompt per line gives each its share of "
@@ -20,7 +20,7 @@ def sampler_inputs() -> list:
             for i in GuidedSampler.define_schema().inputs]
 
 
-class AttentionMaps(io.ComfyNode):
+class AttentionMaps(Node):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -56,19 +56,15 @@ class AttentionMaps(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, sampler_name, precision):
-        return combo_error(cls, sampler_name=sampler_name, precision=precision) or True
-
-    @classmethod
     def execute(cls, model, positive, negative, latent, steps, cfg, sampler_name, eta, guidance_rescale, precision,
                 average_start, average_end, tile_size, opacity, guidance_start=0.0, guidance_end=1.0,
-                check_text_encoder=True) -> io.NodeOutput:
+                check_text_encoder=True, allow_large_sizes=False) -> io.NodeOutput:
         tokens = conditioning_tokens(positive)
         with record_attention(model.unet, model.schedule.cfg.num_train_timesteps,
                               (average_start, average_end)) as recorder:
             samples = GuidedSampler.execute(model, positive, negative, latent, steps, cfg, sampler_name, eta,
                                             guidance_rescale, precision, guidance_start, guidance_end,
-                                            check_text_encoder).args[0]["samples"]
+                                            check_text_encoder, allow_large_sizes).args[0]["samples"]
         with torch.inference_mode():
             images = model.codec.to("cpu").decode_raw(samples.float().cpu())
         per_image = word_maps(recorder.maps(), tokens_per_image(tokens, len(images)), tuple(images.shape[-2:]),

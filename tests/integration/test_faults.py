@@ -329,7 +329,9 @@ def test_sigkill_mid_training_then_restart_resumes(faults):
     server.proc.wait()
 
     killed_at = load_train_state(state).step  # both files load as they were last written
-    assert load_checkpoint(ckpt).training["step"] == killed_at
+    # the state is written first, then the checkpoint: a kill between the two leaves the checkpoint one save
+    # (2 steps) behind the state, and resuming continues from the state
+    assert load_checkpoint(ckpt).training["step"] in (killed_at, killed_at - 2)
     assert (faults.models / f"{name}.lock").exists()  # left by the dead process
 
     t0 = time.monotonic()
