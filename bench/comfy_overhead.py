@@ -117,7 +117,8 @@ class WebsocketClient:
         t0 = time.perf_counter()
         prompt_id = self.loop.run_until_complete(self._run(prompt))
         client = time.perf_counter() - t0
-        entry = self.server.get_json(f"/history/{prompt_id}")[prompt_id]
+        # ComfyUI sends execution_success a moment before it files the prompt in /history
+        entry = self.server.wait(prompt_id, timeout=60)
         stamps = {name: data["timestamp"] for name, data in entry["status"]["messages"]}
         return client, (stamps["execution_success"] - stamps["execution_start"]) / 1000
 

@@ -184,8 +184,10 @@ def test_killed_rank_is_a_clear_error_and_the_checkpoint_survives(shapes, work, 
     message = str(error.value)
     assert "training process rank 1 failed (killed by SIGKILL)" in message
     assert "last checkpoint" in message and "intact" in message and "--- rank 1" in message
+    # rank 0 saved at least the step-3 checkpoint; when the dead rank breaks its collective, rank 0 also saves
+    # the step it had finished (progress is kept), so the last save may be past a multiple of 3
     state = load_train_state(state_path(cfg.output))
-    assert state.step >= 3 and state.step % 3 == 0
+    assert state.step >= 3
     assert load_checkpoint(cfg.output).training["step"] == state.step
 
 

@@ -54,6 +54,10 @@ def test_api_twin_is_a_valid_prompt(path):
         for name, item in declared.items():
             if not item["optional"]:
                 assert name in node["inputs"], f"{path.name}: node {node_id} lacks required input {name!r}"
+            # the frontend queues every widget, optional ones at their defaults: a twin without one is not
+            # what a user who opens the UI file and presses Queue sends
+            if item["widget"]:
+                assert name in node["inputs"], f"{path.name}: node {node_id} lacks widget {name!r}"
         for name, value in node["inputs"].items():
             if isinstance(value, list):
                 origin, slot = value

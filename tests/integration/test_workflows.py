@@ -177,4 +177,11 @@ def test_frontend_turns_each_template_into_its_api_twin(comfy):
     workflows = {p.stem: p.read_text() for p in sorted(WORKFLOWS.glob("*.json"))}
     prompts = asyncio.run(frontend_prompts(comfy.url, workflows))
     for name in workflows:
-        assert prompts[name] == api_workflow(name), f"{name}: the frontend queues something else than api/{name}.json"
+        queued, twin = prompts[name], api_workflow(name)
+        differences = {}
+        for node in sorted(set(queued) | set(twin)):
+            a, b = (p.get(node, {}).get("inputs", {}) for p in (queued, twin))
+            differences.update({node: {key: (a.get(key), b.get(key)) for key in a | b if a.get(key) != b.get(key)}}
+                               if a != b else {})
+        assert queued == twin, (f"{name}: the frontend queues something else than api/{name}.json; "
+                                f"{{node: {{input: (frontend, twin)}}}}: {differences}")
