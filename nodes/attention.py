@@ -38,10 +38,8 @@ class AttentionMaps(Node):
                                tooltip="Average the maps of the steps from this point of the run on (0 = pure "
                                        "noise, 1 = clean, as guidance_start)."),
                 io.Float.Input("average_end", default=0.5, min=0.0, max=1.0, step=0.01,
-                               tooltip="... up to this point (1 = to the end). The first half of the run, where "
-                                       "the layout is decided, shows most clearly where each word lands (on a "
-                                       "tiny shapes model the shape's word was on the shape in 92% of the images, "
-                                       "against 67% over the whole run); later steps add the details."),
+                               tooltip="... up to this point (1 = to the end). The default, the first half of the run, is where "
+                                       "the layout is decided; later steps add the details."),
                 io.Int.Input("tile_size", default=128, min=16, max=2048, step=8,
                              tooltip="Each map is enlarged by a whole factor to about this many pixels, so the "
                                      "label is readable."),
