@@ -60,7 +60,7 @@ FULL, LATE = (0.0, 1.0), (0.4, 1.0)
 # (guidance scale, guidance interval): 1, 3 and 7.5 over the whole run as asked for, 1.5, and 3 and 7.5 guided
 # only from 40% of the run on (t <= 600 of 1000), which keeps the samples' variety (t2i_core/sampler.py)
 SETTINGS = ((1.0, FULL), (1.5, FULL), (3.0, FULL), (7.5, FULL), (3.0, LATE), (7.5, LATE))
-# a 32 px sprite costs 4x a 16 px image to sample (about 3 minutes per 648 images at w=1 on a 2-core CPU), so
+# a 32 px sprite costs 4x a 16 px image to sample (370 ms at w=1, 800-1000 guided, fp32 on a 2-core Zen 4), so
 # the sprites table keeps the three scales that matter: none, the default, strong
 SPRITES_SETTINGS = ((1.0, FULL), (3.0, FULL), (7.5, FULL))
 SAMPLING_STEPS = 25
