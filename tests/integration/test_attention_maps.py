@@ -49,8 +49,8 @@ SHAPES_STEPS = 1200
 # Two runs of this same fixture, both fp32: on a Zen 3 (AVX2) the shape's word was on the shape in 92% of the
 # samples (71% at 700 steps); on a Zen 4 (AVX-512), whose kernels round differently, in 42% (per word: square
 # 78%, triangle 43%, circle 0%; averaging other parts of the run gave 42-46%). The property depends on the
-# training trajectory, so the test cannot yet hold on both kinds of machine; it still runs and reports its
-# fraction, and an XPASS says a run where the claim held.
+# training trajectory: the test asserts that the trained model draws its shapes, and reports a fraction under
+# 80% as an expected failure, with the fraction, rather than as a pass.
 SAMPLES = 48
 
 
@@ -73,8 +73,6 @@ def shapes_model(tmp_path_factory):
     return result.model
 
 
-@pytest.mark.xfail(reason="the 80% claim held on one training trajectory (92%) and not on another (42%); see "
-                          "SHAPES_STEPS", strict=False)
 def test_the_shape_word_lands_on_the_shape(shapes_model):
     from t2i_core.attention_maps import generate_with_attention
     from t2i_core.data import generate_shapes
@@ -82,15 +80,19 @@ def test_the_shape_word_lands_on_the_shape(shapes_model):
     images, per_image = generate_with_attention(shapes_model, captions, seeds=list(range(SAMPLES)), height=16,
                                                 width=16, steps=15, guidance_scale=3.0, precision="fp32",
                                                 progress=(0.0, 0.5))  # the first half, where the layout is made
-    on_shape = []
+    on_shape, drawn = [], 0
     for image, maps, wanted in zip(images, per_image, attributes):
         shape = image.max(dim=0).values > 0.5  # the shapes are pure colours on black
         if not shape.any() or shape.all():
             on_shape.append(False)  # no shape drawn: counts against
             continue
+        drawn += 1
         m = maps.maps[maps.words.index(wanted["shape"])]
         on_shape.append(bool(m[shape].mean() > m[~shape].mean()))  # more attention per pixel on the shape
     fraction = sum(on_shape) / len(on_shape)
     print(f"\nthe shape's word puts more attention per pixel on the shape than on the background in "
-          f"{fraction:.0%} of {len(on_shape)} samples")
-    assert fraction >= 0.8
+          f"{fraction:.0%} of {len(on_shape)} samples; a shape was drawn in {drawn}")
+    assert drawn >= 0.9 * SAMPLES  # the model is trained: 48 of 48 on the Zen 4 run, at least 44 on the Zen 3 one
+    if fraction < 0.8:
+        pytest.xfail(f"the shape's word was on the shape in {fraction:.0%} of the samples, under the 80% claim, "
+                     "which depends on the training trajectory (see SHAPES_STEPS)")
