@@ -83,8 +83,8 @@ class Train(Node):
                                optional=True,
                                tooltip="Min-SNR-gamma loss weighting (5 is the usual value); 0: the plain v loss. "
                                        "The plain loss learns a caption's layout in fewer steps (the 3-minute "
-                                       "demo); Min-SNR trains the low-noise detail harder, which drew the shapes "
-                                       "better after 1,000 steps."),
+                                       "demo); Min-SNR gives the noisiest steps less weight, which drew the "
+                                       "shapes better after 1,000 steps."),
                 io.Float.Input("cfg_dropout", default=0.1, min=0.0, max=0.95, step=0.01,
                                tooltip="Share of captions replaced by the empty prompt, so the model also learns "
                                        "the unconditional prediction that guidance needs."),
