@@ -74,10 +74,10 @@ class TrainConfig:
     ema_decay: float = 0.999
     # Min-SNR-gamma weighting, 0 = off (the plain loss, the default). In x0 terms the plain v loss weights a
     # timestep by 1 + SNR and Min-SNR by min(SNR, gamma): about SNR (under 0.09 from t = 700 on), at the high
-    # noise where the caption's layout is decided. 650 shapes steps (micro, batch 32, fp32) put the shape on the
-    # prompted side in 60% / 33% of samples with gamma 5 (seeds 0 / 1), 100% / 99% with 0; 250 digits steps (tiny,
-    # fp32) gave 95.6% adherence at w=3 with 5, 99.6% with 0. Longer runs turn it round: after 1,000 shapes steps
-    # (tiny, batch 64) gamma 5 got all four attributes right at w=3 in 98% of samples, the plain loss in 76%
+    # noise where the caption's layout is decided. On a Zen 4, 650 shapes steps (micro, batch 32, fp32) put the
+    # shape on the prompted side in 60% / 33% of samples with gamma 5 (seeds 0 / 1), 100% / 99% with 0; 250 digits
+    # steps (tiny, fp32) gave 95.6% adherence at w=3 with 5, 99.6% with 0. Longer runs turn it round: after 1,000
+    # shapes steps (tiny, batch 64, bf16) gamma 5 got all four attributes right at w=3 in 99%, the plain loss in 76%
     # (docs/QUALITY.md, "Loss weighting"), so a run of thousands of steps should set 5
     min_snr_gamma: float = 0.0
     noise_offset: float = 0.0
