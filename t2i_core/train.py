@@ -76,9 +76,9 @@ class TrainConfig:
     # timestep by 1 + SNR and Min-SNR by min(SNR, gamma): about SNR (under 0.09 from t = 700 on), at the high
     # noise where the caption's layout is decided. On a Zen 4, 650 shapes steps (micro, batch 32, fp32) put the
     # shape on the prompted side in 60% / 33% of samples with gamma 5 (seeds 0 / 1), 100% / 99% with 0; 250 digits
-    # steps (tiny, fp32) gave 95.6% adherence at w=3 with 5, 99.6% with 0. Longer runs turn it round: after 1,000
-    # shapes steps (tiny, batch 64, bf16) gamma 5 got all four attributes right at w=3 in 99%, the plain loss in 76%
-    # (docs/QUALITY.md, "Loss weighting"), so a run of thousands of steps should set 5
+    # steps (tiny, fp32) gave 95.6% adherence at w=3 with 5, 99.6% with 0. Longer runs turn it round: after 800 /
+    # 1,000 shapes steps (tiny, batch 64, bf16) gamma 5 got all four attributes right at w=3 in 96% / 99%, the plain
+    # loss in 74% / 76% (docs/QUALITY.md, "Loss weighting"), so a run of 800 steps or more should set 5
     min_snr_gamma: float = 0.0
     noise_offset: float = 0.0
     # v-prediction: on digits (tiny, 16 px, batch 64, lr 1e-3) 99.5% adherence at w=3 after 300 steps vs 81% for
