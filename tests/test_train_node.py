@@ -8,9 +8,11 @@ from t2i_test_utils import TEST_TEXT_CONFIG
 
 from t2i_core import PixelCodec, TextEncoderSpec, build_text_encoder
 from t2i_core.data import make_shapes_dataset
+from t2i_core.train import TrainConfig
 from t2i_core.train_state import history_path
 
-STEPS = 60  # past the 50 warm-up steps, so the learning-rate schedule shows
+WARMUP = TrainConfig.warmup_steps  # the node does not set it
+STEPS = WARMUP + 10  # past the warm-up, so the learning-rate schedule shows
 
 
 @pytest.fixture
@@ -51,8 +53,8 @@ def test_lr_schedule_and_min_snr_gamma_reach_the_run(train_node):
     assert chosen["lr_schedule"] == "cosine" and chosen["min_snr_gamma"] == 5.0
     # the learning rates the optimizer used (the loss CSV beside the checkpoint): constant after the warm-up,
     # or falling towards 0 by the last step
-    assert {row["lr"] for row in default_history[50:]} == {0.001}
-    cosine = [row["lr"] for row in chosen_history[50:]]
+    assert {row["lr"] for row in default_history[WARMUP:]} == {0.001}
+    cosine = [row["lr"] for row in chosen_history[WARMUP:]]
     assert cosine == sorted(cosine, reverse=True) and cosine[-1] < 0.0001
     # the same batches (same seed), weighted differently: Min-SNR-5 changes the very first loss
     assert default_history[0]["loss"] != chosen_history[0]["loss"]
