@@ -64,8 +64,9 @@ class Train(Node):
                                     "encoded once and cached)."),
                 io.Combo.Input("preset", options=list(PRESETS), default="tiny",
                                tooltip="U-Net size. micro (1.2M parameters) is for a budget of CPU-minutes at 16 px (the "
-                                       "demo); tiny (4.4M) trains on a CPU in minutes at 16-32 px; small, base and sd "
-                                       "are for GPUs."),
+                                       "demo); tiny (4.4M) trains on a CPU in minutes at 16 px; tiny-patch2 is tiny "
+                                       "reading 2x2-pixel cells, so 32 px costs it what 16 px costs tiny (the sprites "
+                                       "at 32 px); small, base and sd are for GPUs."),
                 io.Int.Input("steps", default=600, min=1, max=10_000_000,
                              tooltip="Total optimizer steps. With resume on, a finished run continues to this "
                                      "many steps."),
@@ -83,8 +84,8 @@ class Train(Node):
                                optional=True,
                                tooltip="Min-SNR-gamma loss weighting (5 is the usual value); 0: the plain v loss. "
                                        "The plain loss learns a caption's layout in fewer steps (the 3-minute "
-                                       "demo); Min-SNR gives the noisiest steps less weight, which drew the "
-                                       "shapes better after 1,000 steps."),
+                                       "demo) and which sprite a name means; Min-SNR gives the noisiest steps "
+                                       "less weight, which drew the shapes better from 800 steps on."),
                 io.Float.Input("cfg_dropout", default=0.1, min=0.0, max=0.95, step=0.01,
                                tooltip="Share of captions replaced by the empty prompt, so the model also learns "
                                        "the unconditional prediction that guidance needs."),

@@ -31,10 +31,10 @@ MAX_ATTENTION_TOKENS = 4096  # training, and sampling a model of unknown trainin
                              # Stable Diffusion's largest attention layer at 512 px
 
 
-def attention_tokens(height: int, width: int, *, codec_factor: int, attention_level: int) -> int:
-    """Positions per image in the U-Net's largest attention layer, the one at `attention_level` (0 = full
-    latent resolution; each level halves the sides)."""
-    f = codec_factor * 2 ** attention_level
+def attention_tokens(height: int, width: int, *, codec_factor: int, attention_level: int, patch_size: int = 1) -> int:
+    """Positions per image in the U-Net's largest attention layer, the one at `attention_level` (0 = the latent
+    read in patch_size x patch_size cells; each level halves the sides)."""
+    f = codec_factor * patch_size * 2 ** attention_level
     return (height // f) * (width // f)
 
 
@@ -62,12 +62,13 @@ def check_sample_size(height: int, width: int, *, codec_factor: int, unet_cfg, t
     the trained size's positions per attention layer, or MAX_ATTENTION_TOKENS when the training size is not
     known. Returns the positions per image in the largest attention layer."""
     level = finest_attention_level(unet_cfg)
-    tokens = attention_tokens(height, width, codec_factor=codec_factor, attention_level=level)
+    tokens = attention_tokens(height, width, codec_factor=codec_factor, attention_level=level,
+                              patch_size=unet_cfg.patch_size)
     if allow_large:
         return tokens
     if trained_resolution:
         trained = attention_tokens(trained_resolution, trained_resolution, codec_factor=codec_factor,
-                                   attention_level=level)
+                                   attention_level=level, patch_size=unet_cfg.patch_size)
         if trained and tokens > MAX_SIZE_FACTOR * trained:
             side = int(trained_resolution * MAX_SIZE_FACTOR ** 0.5)
             raise ValueError(_size_message(
@@ -87,9 +88,10 @@ def check_train_size(resolution: int, *, codec_factor: int, unet_cfg, allow_larg
     """Refuse (ValueError) a training resolution whose largest attention layer has more than
     MAX_ATTENTION_TOKENS positions. Returns that layer's positions per image."""
     level = finest_attention_level(unet_cfg)
-    tokens = attention_tokens(resolution, resolution, codec_factor=codec_factor, attention_level=level)
+    tokens = attention_tokens(resolution, resolution, codec_factor=codec_factor, attention_level=level,
+                              patch_size=unet_cfg.patch_size)
     if not allow_large and tokens > MAX_ATTENTION_TOKENS:
-        side = int(MAX_ATTENTION_TOKENS ** 0.5) * codec_factor * 2 ** level
+        side = int(MAX_ATTENTION_TOKENS ** 0.5) * codec_factor * unet_cfg.patch_size * 2 ** level
         raise ValueError(_size_message(
             resolution, resolution, 1, tokens, f"the {MAX_ATTENTION_TOKENS:,} this pack trains at unasked",
             tokens / MAX_ATTENTION_TOKENS, f"{MAX_ATTENTION_TOKENS:,} positions ({side} px for this preset and "

@@ -8,7 +8,7 @@ from evals.models import randomize_zero_layers
 TEST_TEXT_CONFIG = dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
 
 
-def make_test_model(channel_mult=(1, 2), seed: int = 0, prediction_type: str = "epsilon"):
+def make_test_model(channel_mult=(1, 2), seed: int = 0, prediction_type: str = "epsilon", patch_size: int = 1):
     from t2i_core import (
         NoiseSchedule,
         PixelCodec,
@@ -22,7 +22,7 @@ def make_test_model(channel_mult=(1, 2), seed: int = 0, prediction_type: str = "
     text_encoder = build_text_encoder(TextEncoderSpec(text_config=TEST_TEXT_CONFIG, seed=seed))
     torch.manual_seed(seed)
     unet = TextConditionedUNet(UNetConfig(base_channels=16, channel_mult=channel_mult, num_res_blocks=1,
-                                          attention_levels=(1,), num_heads=2, context_dim=32))
+                                          attention_levels=(1,), num_heads=2, context_dim=32, patch_size=patch_size))
     randomize_zero_layers(unet, seed)
     return T2IModel(unet.eval(), NoiseSchedule(ScheduleConfig(prediction_type=prediction_type)), text_encoder, PixelCodec())
 

@@ -26,6 +26,16 @@ def test_round_trip_gives_bit_identical_samples(test_model, tmp_path):
     assert loaded.unet.cfg == test_model.unet.cfg and loaded.schedule.cfg == test_model.schedule.cfg
 
 
+def test_a_patched_unet_round_trips(tmp_path):
+    from t2i_test_utils import make_test_model
+    model = make_test_model(patch_size=2)
+    path = tmp_path / "patched.safetensors"
+    save_checkpoint(path, model)
+    loaded = load_checkpoint(path)
+    assert loaded.unet.cfg.patch_size == 2 and loaded.unet.cfg == model.unet.cfg
+    assert torch.equal(images(model), images(loaded))
+
+
 def test_file_is_plain_safetensors_with_json_metadata(test_model, tmp_path):
     path = tmp_path / "m.safetensors"
     save_checkpoint(path, test_model)

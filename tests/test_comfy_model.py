@@ -21,8 +21,8 @@ def fmt(comfy_pack):
     return pack_module("nodes.comfy_format")
 
 
-def model_with(beta_schedule="scaled_linear", prediction_type="epsilon"):
-    m = make_test_model(prediction_type=prediction_type)
+def model_with(beta_schedule="scaled_linear", prediction_type="epsilon", patch_size=1):
+    m = make_test_model(prediction_type=prediction_type, patch_size=patch_size)
     m.schedule = NoiseSchedule(ScheduleConfig(beta_schedule=beta_schedule, prediction_type=prediction_type))
     return m
 
@@ -75,12 +75,13 @@ def ksample(bridge, m, positive, negative, sampler, scheduler, steps=8, cfg=3.0,
                                latent, denoise=1.0, disable_pbar=True, seed=seed)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_core_ddim_with_the_simple_scheduler_equals_our_ddim(bridge, fmt, prediction_type):
+@pytest.mark.parametrize("prediction_type,patch_size", [("epsilon", 1), ("v_prediction", 1), ("v_prediction", 2)])
+def test_core_ddim_with_the_simple_scheduler_equals_our_ddim(bridge, fmt, prediction_type, patch_size):
     # Our DDIM visits the "trailing" timesteps 999, 999 - T/steps, ...: ComfyUI's "simple" scheduler's set. Core
     # "ddim" is Euler in ComfyUI's variable, which is DDIM (eta 0) exactly; CFG in x0 or in eps is the same
     # affine combination. Starting at sigma_max, ComfyUI scales the noise to x_T = eps, as our sampler starts.
-    m = model_with(prediction_type=prediction_type)
+    # A patched U-Net (tiny-patch2's kind) takes and returns whole images, so KSampler sees no difference.
+    m = model_with(prediction_type=prediction_type, patch_size=patch_size)
     cond, uncond, pos, neg = conditionings(m, fmt)
     core = ksample(bridge, m, pos, neg, "ddim", "simple")
     ours = sample(m.unet, m.schedule, make_noise([5], (3, 8, 8)), cond, uncond, steps=8, guidance_scale=3.0)

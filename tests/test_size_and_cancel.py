@@ -62,6 +62,9 @@ def test_attention_tokens_follow_the_finest_attention_level():
     assert check_sample_size(16, 16, codec_factor=1, unet_cfg=tiny, trained_resolution=16) == 64
     assert check_sample_size(1024, 1024, codec_factor=1, unet_cfg=tiny, trained_resolution=16,
                              allow_large=True) == 512 * 512
+    patched = preset_config("tiny-patch2")  # 2x2 pixels a cell, so its level 1 is an eighth of the image's side
+    assert check_sample_size(32, 32, codec_factor=1, unet_cfg=patched, trained_resolution=32) == 64
+    assert check_train_size(32, codec_factor=1, unet_cfg=patched) == 64
 
 
 def test_sampling_far_beyond_the_trained_size_is_refused_with_the_estimate():

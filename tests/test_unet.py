@@ -22,11 +22,29 @@ def test_output_shape_matches_input():
     assert out.shape == x.shape
 
 
-@pytest.mark.parametrize("name", ["micro", "tiny", "small"])
+@pytest.mark.parametrize("name", ["micro", "tiny", "tiny-patch2", "small"])
 def test_presets_build_and_run(name):
     unet = TextConditionedUNet(preset_config(name, context_dim=32))
     x = torch.randn(1, 3, 32, 32)
     assert unet(x, torch.tensor([3]), torch.randn(1, 5, 32)).shape == x.shape
+
+
+def test_patch_size_is_pixel_unshuffle_in_and_pixel_shuffle_out():
+    """A patch-2 U-Net is the patch-1 U-Net with the same weights run on the (4C, H/2, W/2) unshuffled image,
+    its output shuffled back: each 2x2 block of pixels is one cell, its channels in pixel_unshuffle's order."""
+    patched = tiny_unet(patch_size=2).eval()
+    plain = TextConditionedUNet(UNetConfig(**{**patched.cfg.to_dict(), "patch_size": 1, "in_channels": 12,
+                                              "out_channels": 12}))
+    plain.load_state_dict(patched.state_dict())
+    plain.eval()
+    x, t, ctx = torch.randn(2, 3, 16, 12), torch.tensor([40, 900]), torch.randn(2, 5, 8)
+    out = patched(x, t, ctx)
+    assert out.shape == x.shape
+    expected = torch.nn.functional.pixel_shuffle(plain(torch.nn.functional.pixel_unshuffle(x, 2), t, ctx), 2)
+    torch.testing.assert_close(out, expected)
+    assert patched.cfg.downsample_factor == 4  # 2 per patch side x 2 for the one level below the first
+    with pytest.raises(ValueError, match="multiples of 4"):
+        patched(torch.randn(1, 3, 18, 16), torch.tensor([1]), ctx[:1])
 
 
 def test_group_norm_divides_any_width():
@@ -100,4 +118,6 @@ def test_bad_config_is_rejected():
         UNetConfig(channel_mult=(1, 2), attention_levels=(2,))
     with pytest.raises(ValueError, match="unknown U-Net preset"):
         preset_config("huge")
+    with pytest.raises(ValueError, match="patch_size"):
+        UNetConfig(patch_size=0)
 
