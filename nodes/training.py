@@ -85,7 +85,7 @@ class Train(Node):
                                tooltip="Min-SNR-gamma loss weighting (5 is the usual value); 0: the plain v loss. "
                                        "The plain loss learns a caption's layout in fewer steps (the 3-minute "
                                        "demo) and which sprite a name means; Min-SNR gives the noisiest steps "
-                                       "less weight, which drew the shapes better from 800 steps on."),
+                                       "less weight, which drew the shapes better with tiny from 400 steps on."),
                 io.Float.Input("cfg_dropout", default=0.1, min=0.0, max=0.95, step=0.01,
                                tooltip="Share of captions replaced by the empty prompt, so the model also learns "
                                        "the unconditional prediction that guidance needs."),
