@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.quality [--quick] [--minutes 3] [--n 500] [--datasets digits,shapes,sprites]
 
 For each dataset it trains a fresh model with the default TrainConfig (only dataset, output, resolution and a
-time budget are set; sprites also trains the SPRITES_PRESET U-Net), then samples a fixed set of seeds at guidance scales 1, 1.5, 3 and 7.5 (DDIM, 25 steps,
-eta 0), and at 3 and 7.5 with guidance only from 40% of the run on ("from 0.4": the sampler's guidance_interval),
+time budget are set; sprites also trains the SPRITES_PRESET U-Net), then samples a fixed set of seeds at
+guidance scales 1, 1.5, 3 and 7.5 (DDIM, 25 steps, eta 0), and at 3 and 7.5 with guidance only from 40% of the run on ("from 0.4": the sampler's guidance_interval),
 and reports:
 
 * adherence: digits - how often DigitsJudge (an SVC trained on the real train split) reads the prompted

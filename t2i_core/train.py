@@ -76,12 +76,12 @@ class TrainConfig:
     # timestep by 1 + SNR and Min-SNR by min(SNR, gamma): about SNR (under 0.09 from t = 700 on), at the high
     # noise where the caption's layout is decided. On a Zen 4, 650 shapes steps (micro, batch 32, fp32) put the
     # shape on the prompted side in 60% / 33% of samples with gamma 5 (seeds 0 / 1), 100% / 99% with 0; 250 digits
-    # steps (tiny, fp32) gave 95.6% adherence at w=3 with 5, 99.6% with 0. On shapes longer runs turn it round:
-    # after 400 / 800 / 1,000 steps (tiny, batch 64, bf16) gamma 5 got all four attributes right at w=3 in 61% / 96%
-    # / 99%, the plain loss in 50% / 74% / 76%. On the 32 px sprites they do not: after about 1,900 steps of tiny-patch2 the plain
-    # loss drew the captioned sprite (retrieval top-5 at w=3) in 98% of samples, gamma 5 in 12% (docs/QUALITY.md,
-    # "Loss weighting" and "sprites"). So 5 is worth a try for long runs whose captions name attributes, not
-    # identities
+    # steps (tiny, fp32) gave 95.6% adherence at w=3 with 5, 99.6% with 0. tiny at batch 64 on shapes turns it
+    # round: after 400 / 800 / 1,000 steps (bf16) gamma 5 got all four attributes right at w=3 in 61% / 96% / 99%,
+    # the plain loss in 50% / 74% / 76%. On the 32 px sprites (bf16) it does not: after about 1,900 steps of
+    # tiny-patch2 the plain loss drew the captioned sprite (retrieval top-5 at w=3) in 98% of samples, gamma 5 in
+    # 12% (docs/QUALITY.md, "Loss weighting" and "sprites"). So 5 is worth a try where captions name attributes
+    # (shapes), not identities (sprites)
     min_snr_gamma: float = 0.0
     noise_offset: float = 0.0
     # v-prediction: on digits (tiny, 16 px, batch 64, lr 1e-3) 99.5% adherence at w=3 after 300 steps vs 81% for

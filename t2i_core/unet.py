@@ -75,14 +75,14 @@ class UNetConfig:
 # Named sizes. `micro` is for a CPU budget of minutes at 16 px (the demo): with half of `tiny`'s time per step it
 # takes twice the steps in the same minutes, and at that budget steps matter more than width (docs/QUALITY.md,
 # "The 3-minute demo"). `tiny` trains on a 2-core CPU in minutes at 16 px. `tiny-patch2` is `tiny` on 2x2-pixel
-# cells, for 32 px and up: on 32 px sprites it trained 2.5x the images per second of `tiny` and learned which sprite a
-# caption names, which `tiny` did not in the same 15 minutes (docs/QUALITY.md, "sprites"). `sd` is Stable
-# Diffusion 1.x's shape.
+# cells, for 32 px and up: on 32 px sprites (2-core Zen 4, bf16) it trained 2.5x the images per second of `tiny`
+# and learned which sprite a caption names, which `tiny` did not in the same 15 minutes (docs/QUALITY.md,
+# "sprites"). `sd` is Stable Diffusion 1.x's shape.
+TINY = dict(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(1, 2), num_heads=4)
 PRESETS: dict[str, dict] = {
     "micro": dict(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(1, 2), num_heads=2),
-    "tiny": dict(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(1, 2), num_heads=4),
-    "tiny-patch2": dict(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(1, 2),
-                        num_heads=4, patch_size=2),
+    "tiny": TINY,
+    "tiny-patch2": {**TINY, "patch_size": 2},
     "small": dict(base_channels=64, channel_mult=(1, 2, 4), num_res_blocks=2, attention_levels=(1, 2), num_heads=4),
     "base": dict(base_channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2, attention_levels=(1, 2, 3), num_heads=8),
     "sd": dict(base_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_levels=(0, 1, 2), num_heads=8),
