@@ -1,11 +1,12 @@
 """Quality benchmark: train on the built-in datasets under a time budget, then measure what came out.
 
     .venv/bin/python -m bench.quality [--quick] [--minutes 3] [--n 500] [--datasets digits,shapes,sprites]
+    .venv/bin/python -m bench.quality --datasets sprites --minutes 15 --reuse --sampler ddpm --sampling-steps 50
 
 For each dataset it trains a fresh model with the default TrainConfig (only dataset, output, resolution and a
 time budget are set; sprites also trains the SPRITES_PRESET U-Net), then samples a fixed set of seeds at
-guidance scales 1, 1.5, 3 and 7.5 (DDIM, 25 steps, eta 0), and at 3 and 7.5 with guidance only from 40% of the run on ("from 0.4": the sampler's guidance_interval),
-and reports:
+guidance scales 1, 1.5, 3 and 7.5 (DDIM, 25 steps, eta 0; --sampler, --sampling-steps and --eta change that), and at
+3 and 7.5 with guidance only from 40% of the run on ("from 0.4": the sampler's guidance_interval), and reports:
 
 * adherence: digits - how often DigitsJudge (an SVC trained on the real train split) reads the prompted
   digit; shapes - judge_shapes' analytic check of color, shape, position, size and all four;
@@ -18,6 +19,9 @@ and reports:
   against the other half, and real-vs-real is the first half's real images against the second. Its table
   keeps w = 1, 3 and 7.5 (SPRITES_SETTINGS) and adds retrieval (top-1, top-5) and dominant-colour adherence.
 
+With --reuse it trains nothing: it judges the model the same command (same --root, --set, --minutes, --steps) left
+there, so one trained model can be judged with several samplers.
+
 Image i is prompted with class i mod (number of classes) and seeded with i, at every scale. Training time is
 wall-clock on whatever machine runs it: the load average is printed with it, since other processes slow it.
 """
@@ -28,7 +32,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,7 @@ from evals.digits import DigitsJudge
 from evals.distances import frechet_distance, mean_pairwise_distance, pca_features
 from evals.shapes import judge_shapes, summarize_judgements
 from evals.sprites import SpritesJudge, real_halves, sprites_tensor
+from t2i_core.checkpoint import load_checkpoint
 from t2i_core.data.builtin import (
     DIGIT_WORDS,
     digits_caption,
@@ -49,6 +54,7 @@ from t2i_core.data.builtin import (
     make_sprites_dataset,
 )
 from t2i_core.pipeline import T2IModel
+from t2i_core.sampler import SAMPLERS
 from t2i_core.text_encoder import tiny_text_encoder
 from t2i_core.train import TrainCallbacks, TrainConfig, train
 from t2i_core.train_state import training_files
@@ -63,7 +69,21 @@ SETTINGS = ((1.0, FULL), (1.5, FULL), (3.0, FULL), (7.5, FULL), (3.0, LATE), (7.
 # a 32 px sprite costs 4x a 16 px image to sample (370 ms at w=1, 800-1000 guided, fp32 on a 2-core Zen 4), so
 # the sprites table keeps the three scales that matter: none, the default, strong
 SPRITES_SETTINGS = ((1.0, FULL), (3.0, FULL), (7.5, FULL))
-SAMPLING_STEPS = 25
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the benchmark samples: t2i_core's sampler name, its steps and (DDIM) eta."""
+    sampler: str = "ddim"
+    steps: int = 25
+    eta: float = 0.0
+
+    def __str__(self):
+        return f"{self.sampler.upper()} {self.steps} steps" + (f", eta {self.eta:g}" if self.sampler == "ddim" else "")
+
+
+DEFAULT_SAMPLING = Sampling()
+
 RESOLUTION = 16  # digits are 8x8 at source; shapes are judged reliably at 16 px (100% on real images)
 PCA_COMPONENTS = 32
 SHAPES_TRAIN_COUNT = 1000
@@ -92,13 +112,13 @@ class Trained:
     load: tuple[float, float]  # 1-minute load average before and after training
     config: TrainConfig
     losses: list[float] = field(default_factory=list)
+    reused: bool = False  # loaded from an earlier run (--reuse), not trained here
 
 
 def train_fresh(dataset: Path, output: Path, *, minutes: float | None, steps: int | None, log=None,
-                resolution: int = RESOLUTION, **overrides) -> Trained:
-    """Train a new model on `dataset` (earlier bench output there is removed), defaults apart from the arguments."""
-    for path in training_files(output):
-        path.unlink()
+                resolution: int = RESOLUTION, reuse: bool = False, **overrides) -> Trained:
+    """Train a new model on `dataset` (earlier bench output there is removed), defaults apart from the arguments.
+    reuse: load the model an earlier call with the same arguments left at `output` instead."""
     kw = dict(dataset=str(dataset), output=str(output), resolution=resolution, **overrides)
     if minutes:
         kw["max_minutes"] = minutes
@@ -106,6 +126,10 @@ def train_fresh(dataset: Path, output: Path, *, minutes: float | None, steps: in
     elif steps:
         kw["steps"] = steps
     cfg = TrainConfig(**kw)
+    if reuse:
+        return reused_model(output, cfg)
+    for path in training_files(output):
+        path.unlink()
     encoder = tiny_text_encoder(0)
 
     def progress(p):
@@ -121,19 +145,36 @@ def train_fresh(dataset: Path, output: Path, *, minutes: float | None, steps: in
                    result.out_of_time, (load_before, os.getloadavg()[0]), cfg, [h["loss"] for h in result.history])
 
 
+def reused_model(output: Path, cfg: TrainConfig) -> Trained:
+    """The model an earlier run with the TrainConfig `cfg` wrote to `output`; refused, naming what differs, when it
+    was trained otherwise."""
+    if not output.exists():
+        raise SystemExit(f"--reuse: there is no model at {output}; run the same command without --reuse first")
+    model = load_checkpoint(output)
+    model.unet.eval()
+    trained_with = model.training.get("config", {})
+    differ = sorted(k for k, v in asdict(cfg).items() if trained_with.get(k) != v)
+    if differ:
+        raise SystemExit(f"--reuse: the model at {output} was trained with other settings ("
+                         + ", ".join(f"{k}: {trained_with.get(k)!r}, asked {getattr(cfg, k)!r}" for k in differ)
+                         + "); run without --reuse to train one, or give the command that trained it")
+    return Trained(model, output, model.training["step"], float(model.training.get("train_seconds", 0.0)),
+                   float("nan"), False, (float("nan"), float("nan")), cfg, reused=True)
+
+
 def setting_label(w: float, interval: tuple[float, float]) -> str:
     return f"{w:g}" if interval == FULL else f"{w:g}, from {interval[0]:g}"
 
 
-def generate(model: T2IModel, prompts: list[str], seeds: list[int], guidance: float, *, steps: int = SAMPLING_STEPS,
-             sampler: str = "ddim", resolution: int = RESOLUTION,
+def generate(model: T2IModel, prompts: list[str], seeds: list[int], guidance: float, *,
+             sampling: Sampling = DEFAULT_SAMPLING, resolution: int = RESOLUTION,
              interval: tuple[float, float] = FULL) -> tuple[torch.Tensor, float]:
     """Images for (prompt, seed) pairs, in batches; returns (images, wall seconds)."""
     out, t0 = [], time.perf_counter()
     for i in range(0, len(prompts), GENERATION_BATCH):
         out.append(model.generate(prompts[i: i + GENERATION_BATCH], seeds=seeds[i: i + GENERATION_BATCH],
-                                  height=resolution, width=resolution, steps=steps, guidance_scale=guidance,
-                                  sampler=sampler, guidance_interval=interval))
+                                  height=resolution, width=resolution, steps=sampling.steps, guidance_scale=guidance,
+                                  sampler=sampling.sampler, eta=sampling.eta, guidance_interval=interval))
     return torch.cat(out), time.perf_counter() - t0
 
 
@@ -162,9 +203,11 @@ def load_line(trained: Trained) -> str:
 def training_line(name: str, trained: Trained) -> str:
     c = trained.config
     budget = f"budget {c.max_minutes:g} min, " if c.max_minutes else ""
-    return (f"{name}: {c.preset}, {trained.steps} steps (batch {c.batch_size}) in {trained.train_s / 60:.2f} min wall-clock "
-            f"({budget}{trained.steps * c.batch_size / max(trained.train_s, 1e-9):.0f} img/s, "
-            f"{trained.cpu_s / 60:.2f} CPU-min); {load_line(trained)}")
+    line = (f"{name}: {c.preset}, {trained.steps} steps (batch {c.batch_size}) in {trained.train_s / 60:.2f} min "
+            f"wall-clock ({budget}{trained.steps * c.batch_size / max(trained.train_s, 1e-9):.0f} img/s")
+    if trained.reused:
+        return f"{line}), trained by an earlier run: this one reused {trained.checkpoint}"
+    return f"{line}, {trained.cpu_s / 60:.2f} CPU-min); {load_line(trained)}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -172,11 +215,12 @@ def training_line(name: str, trained: Trained) -> str:
 
 def bench_digits(*, minutes: float | None, steps: int | None, n: int, root: Path, log=None,
                  trained: Trained | None = None, overrides: dict | None = None,
-                 guidance_starts: tuple[float, ...] = ()) -> tuple[str, dict]:
+                 guidance_starts: tuple[float, ...] = (), sampling: Sampling = DEFAULT_SAMPLING,
+                 reuse: bool = False) -> tuple[str, dict]:
     train_dir = make_digits_dataset(root / "data" / f"digits{RESOLUTION}", RESOLUTION, "train")
     if trained is None:
         trained = train_fresh(train_dir, digits_checkpoint_path(root), minutes=minutes, steps=steps, log=log,
-                              **(overrides or {}))
+                              reuse=reuse, **(overrides or {}))
     judge = DigitsJudge(RESOLUTION)
     real_train, _ = load_digits_arrays(RESOLUTION, "train")
     heldout, heldout_labels = load_digits_arrays(RESOLUTION, "heldout")
@@ -191,7 +235,7 @@ def bench_digits(*, minutes: float | None, steps: int | None, n: int, root: Path
                          "real_diversity": real_div, "real_fd": real_fd}
     for w, interval in SETTINGS:
         label = setting_label(w, interval)
-        images, seconds = generate(trained.model, prompts, seeds, w, interval=interval)
+        images, seconds = generate(trained.model, prompts, seeds, w, sampling=sampling, interval=interval)
         adherence = judge.adherence(images, prompts)
         per_digit = judge.predict(images) == np.asarray(labels)
         worst = int(np.argmin([per_digit[np.asarray(labels) == d].mean() for d in range(10)]))
@@ -208,7 +252,7 @@ def bench_digits(*, minutes: float | None, steps: int | None, n: int, root: Path
         training_line("Training", trained),
         "",
         f"DigitsJudge reads {figures['judge_heldout']:.1%} of the real held-out digits correctly. "
-        f"{n} images per scale ({n // 10} per digit), seeds 0..{n - 1}, DDIM {SAMPLING_STEPS} steps, eta 0, fp32. "
+        f"{n} images per scale ({n // 10} per digit), seeds 0..{n - 1}, {sampling}, fp32. "
         f"Real held-out digits: diversity {real_div:.3f}; real-vs-real FD {real_fd:.2f} (mean over 5 draws of "
         f"{min(n, len(real_train))} real train images vs the {len(heldout)} held out; FD shrinks as n grows, so the "
         f"reference uses the same n as the generated set).",
@@ -222,7 +266,7 @@ def bench_digits(*, minutes: float | None, steps: int | None, n: int, root: Path
         sweep = []
         for w in (3.0, 7.5):
             for start in guidance_starts:
-                images, seconds = generate(trained.model, prompts, seeds, w, interval=(start, 1.0))
+                images, seconds = generate(trained.model, prompts, seeds, w, sampling=sampling, interval=(start, 1.0))
                 fd = frechet_distance(pca(images), held_features)
                 sweep.append(f"| {w:g} | {start:g} | {judge.adherence(images, prompts):.1%} | {fd:.2f} "
                              f"({fd / real_fd:.2f}x) | {within_prompt_diversity(images, labels):.3f} "
@@ -237,10 +281,11 @@ def bench_digits(*, minutes: float | None, steps: int | None, n: int, root: Path
 # shapes
 
 def bench_shapes(*, minutes: float | None, steps: int | None, n: int, root: Path, log=None,
-                 overrides: dict | None = None) -> tuple[str, dict]:
+                 overrides: dict | None = None, sampling: Sampling = DEFAULT_SAMPLING,
+                 reuse: bool = False) -> tuple[str, dict]:
     train_dir = make_shapes_dataset(root / "data" / f"shapes{RESOLUTION}", SHAPES_TRAIN_COUNT, RESOLUTION, seed=0)
     trained = train_fresh(train_dir, root / "shapes" / "shapes.safetensors", minutes=minutes, steps=steps, log=log,
-                          **(overrides or {}))
+                          reuse=reuse, **(overrides or {}))
     to_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255  # noqa: E731
     real_train = to_tensor(generate_shapes(SHAPES_TRAIN_COUNT, RESOLUTION, seed=0)[0])
     held_images, held_captions, _ = generate_shapes(720, RESOLUTION, seed=SHAPES_HELDOUT_SEED)
@@ -255,7 +300,7 @@ def bench_shapes(*, minutes: float | None, steps: int | None, n: int, root: Path
     rows, figures = [], {"steps": trained.steps, "train_s": trained.train_s, "real_diversity": real_div, "real_fd": real_fd}
     for w, interval in SETTINGS:
         label = setting_label(w, interval)
-        images, seconds = generate(trained.model, prompts, seeds, w, interval=interval)
+        images, seconds = generate(trained.model, prompts, seeds, w, sampling=sampling, interval=interval)
         s = summarize_judgements(judge_shapes(images, prompts))
         div = within_prompt_diversity(images, prompts)
         fd = frechet_distance(pca(images), held_features)
@@ -270,7 +315,7 @@ def bench_shapes(*, minutes: float | None, steps: int | None, n: int, root: Path
         training_line("Training", trained),
         "",
         f"judge_shapes passes {real_judged:.0%} of real held-out shapes. {n} images per scale, seeds 0..{n - 1}, "
-        f"DDIM {SAMPLING_STEPS} steps, eta 0, fp32. Diversity is among images of the same caption.",
+        f"{sampling}, fp32. Diversity is among images of the same caption.",
         "",
         f"| w | all | color | shape | position | size | diversity (real {real_div:.3f}) "
         f"| FD vs held-out (real-vs-real {real_fd:.2f}) | ms/image |",
@@ -284,12 +329,13 @@ def bench_shapes(*, minutes: float | None, steps: int | None, n: int, root: Path
 # sprites
 
 def bench_sprites(*, minutes: float | None, steps: int | None, n: int, root: Path, log=None,
-                  overrides: dict | None = None, resolution: int = SPRITES_RESOLUTION) -> tuple[str, dict]:
+                  overrides: dict | None = None, resolution: int = SPRITES_RESOLUTION,
+                  sampling: Sampling = DEFAULT_SAMPLING, reuse: bool = False) -> tuple[str, dict]:
     overrides = {"preset": SPRITES_PRESET, **(overrides or {})}
     resolution = overrides.pop("resolution", resolution)
     train_dir = make_sprites_dataset(root / "data" / f"sprites{resolution}", resolution)
     trained = train_fresh(train_dir, root / "sprites" / f"sprites{resolution}.safetensors", minutes=minutes,
-                          steps=steps, log=log, resolution=resolution, **overrides)
+                          steps=steps, log=log, resolution=resolution, reuse=reuse, **overrides)
     arrays, captions, _ = load_sprites(resolution)
     real = sprites_tensor(arrays)
     judge = SpritesJudge(real, captions)
@@ -305,7 +351,8 @@ def bench_sprites(*, minutes: float | None, steps: int | None, n: int, root: Pat
                          "real_diversity": real_div, "real_color": real_judged["color"]}
     for w, interval in SPRITES_SETTINGS:
         label = setting_label(w, interval)
-        images, seconds = generate(trained.model, prompts, seeds, w, interval=interval, resolution=resolution)
+        images, seconds = generate(trained.model, prompts, seeds, w, sampling=sampling, interval=interval,
+                                   resolution=resolution)
         s = judge.judge(images, prompts)
         div = mean_pairwise_distance(images)
         within = within_prompt_diversity(images, prompts)
@@ -323,7 +370,7 @@ def bench_sprites(*, minutes: float | None, steps: int | None, n: int, root: Pat
         training_line("Training", trained),
         "",
         f"{n} images per scale, prompts: the captions of {len(first)} of the sprites (image i: sprite i mod "
-        f"{len(first)}, seed i), DDIM {SAMPLING_STEPS} steps, eta 0, fp32. Retrieval: the captioned sprite is the "
+        f"{len(first)}, seed i), {sampling}, fp32. Retrieval: the captioned sprite is the "
         f"nearest of all {len(real)} training sprites in a {judge.features.shape[1]}-component PCA space (top-1; "
         f"chance {chance['chance_top1']:.2%}) or among the 5 nearest (top-5; chance {chance['chance_top5']:.1%}). "
         f"Colour: the dominant colour read from the pixels is the caption's (chance {judge.color_chance:.1%}; the "
@@ -343,7 +390,8 @@ def bench_sprites(*, minutes: float | None, steps: int | None, n: int, root: Pat
 
 def run(quick: bool = False, *, minutes: float | None = None, steps: int | None = None, n: int | None = None,
         datasets: tuple[str, ...] = ("digits", "shapes"), root: Path | None = None, log=None,
-        overrides: dict | None = None, guidance_starts: tuple[float, ...] = ()) -> str:
+        overrides: dict | None = None, guidance_starts: tuple[float, ...] = (), sampling: Sampling = DEFAULT_SAMPLING,
+        reuse: bool = False) -> str:
     """The benchmark's markdown. quick: half a minute of training and 100 images per scale (a smoke run).
     overrides: TrainConfig fields to change from the defaults (the models then go to a folder of their own, so
     the default digits model that bench.steps reads stays). guidance_starts: also sweep where guidance starts."""
@@ -355,16 +403,15 @@ def run(quick: bool = False, *, minutes: float | None = None, steps: int | None 
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     parts = [f"## Quality ({'quick, ' if quick else ''}torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')})"
-             + (f"; changed from the defaults: {overrides}" if overrides else "")]
+             + (f"; changed from the defaults: {overrides}" if overrides else "")
+             + (f"; sampling: {sampling}" if sampling != DEFAULT_SAMPLING else "")]
+    common = dict(minutes=minutes, steps=steps, root=root, log=log, overrides=overrides, sampling=sampling, reuse=reuse)
     if "digits" in datasets:
-        parts.append(bench_digits(minutes=minutes, steps=steps, n=n or (100 if quick else 500), root=root, log=log,
-                                  overrides=overrides, guidance_starts=guidance_starts)[0])
+        parts.append(bench_digits(n=n or (100 if quick else 500), guidance_starts=guidance_starts, **common)[0])
     if "shapes" in datasets:
-        parts.append(bench_shapes(minutes=minutes, steps=steps, n=n or (72 if quick else 360), root=root, log=log,
-                                  overrides=overrides)[0])
+        parts.append(bench_shapes(n=n or (72 if quick else 360), **common)[0])
     if "sprites" in datasets:
-        parts.append(bench_sprites(minutes=minutes, steps=steps, n=n or (100 if quick else 324), root=root, log=log,
-                                   overrides=overrides)[0])
+        parts.append(bench_sprites(n=n or (100 if quick else 324), **common)[0])
     return "\n\n".join(parts) + "\n"
 
 
@@ -381,6 +428,11 @@ def main(argv=None):
                    help="train with a TrainConfig field changed, e.g. --set ema_decay=0.995 (repeatable)")
     p.add_argument("--guidance-starts", default="", metavar="LIST",
                    help="digits: also sweep where guidance starts at w=3 and 7.5, e.g. 0,0.2,0.3,0.4,0.5,0.6")
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLING.sampler, help="t2i_core's sampler")
+    p.add_argument("--sampling-steps", type=int, default=DEFAULT_SAMPLING.steps)
+    p.add_argument("--eta", type=float, default=DEFAULT_SAMPLING.eta, help="DDIM's eta (0: deterministic)")
+    p.add_argument("--reuse", action="store_true",
+                   help="train nothing: judge the models the same command left in --root (e.g. with another sampler)")
     p.add_argument("-q", "--quiet", action="store_true")
     a = p.parse_args(argv)
     log = None if a.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -393,7 +445,8 @@ def main(argv=None):
             overrides[key] = value
     starts = tuple(float(x) for x in a.guidance_starts.split(",") if x)
     text = run(a.quick, minutes=a.minutes, steps=a.steps, n=a.n, datasets=tuple(a.datasets.split(",")), root=a.root,
-               log=log, overrides=overrides, guidance_starts=starts)
+               log=log, overrides=overrides, guidance_starts=starts,
+               sampling=Sampling(a.sampler, a.sampling_steps, a.eta), reuse=a.reuse)
     print(text)
     if a.out:
         a.out.write_text(text)

@@ -30,6 +30,7 @@ from bench.quality import (
     LATE,
     PCA_COMPONENTS,
     RESOLUTION,
+    Sampling,
     digits_checkpoint_path,
     generate,
     real_reference_fd,
@@ -152,7 +153,7 @@ def run(quick: bool = False, *, checkpoint: Path | None = None, n: int | None = 
     repeats = 1 if quick else 3
     for variant, (sampler, interval) in VARIANTS.items():
         for steps in step_counts:
-            images, seconds = generate(model, prompts, seeds, guidance, steps=steps, sampler=sampler, interval=interval)
+            images, seconds = generate(model, prompts, seeds, guidance, sampling=Sampling(sampler, steps), interval=interval)
             record(variant, steps, images, seconds, single_image_ms(model, steps, sampler, guidance, interval, repeats))
     variants = list(VARIANTS)
     if core:

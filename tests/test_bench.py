@@ -1,6 +1,7 @@
 """The benchmark scripts' logic, at sizes that run in seconds (no timings are checked)."""
 import json
 
+import pytest
 import torch
 
 from bench import gpu
@@ -57,3 +58,20 @@ def test_report_keeps_hand_written_text(tmp_path):
     text = doc.read_text()
     assert "notes before" in text and "notes after" in text and "old numbers" not in text and "Part X" in text
     assert targets_table([section]).rows == [["training vs diffusers, bf16", ">= 1.2x", "1.50x", "yes"]]
+
+
+def test_quality_reuse_judges_the_trained_model_again_without_training(tmp_path):
+    from bench import quality
+    settings = dict(steps=2, n=4, datasets=("shapes",), root=tmp_path,
+                    overrides={"batch_size": 4, "cache_dir": str(tmp_path / "cache")})
+    first = quality.run(**settings)
+    [checkpoint] = (tmp_path / "variants").rglob("shapes.safetensors")
+    written = checkpoint.stat().st_mtime_ns
+    again = quality.run(**settings, sampling=quality.Sampling("ddpm", 3), reuse=True)
+    assert checkpoint.stat().st_mtime_ns == written  # judged, not trained again
+    assert "DDIM 25 steps, eta 0" in first and "DDPM 3 steps" in again
+    assert f"trained by an earlier run: this one reused {checkpoint}" in again
+    with pytest.raises(SystemExit, match="steps: 2, asked 3"):
+        quality.run(**{**settings, "steps": 3}, reuse=True)
+    with pytest.raises(SystemExit, match="no model at"):
+        quality.run(**{**settings, "root": tmp_path / "elsewhere"}, reuse=True)
