@@ -41,7 +41,7 @@ import torch
 from evals.digits import DigitsJudge
 from evals.distances import frechet_distance, mean_pairwise_distance, pca_features
 from evals.shapes import judge_shapes, summarize_judgements
-from evals.sprites import SpritesJudge, real_halves, sprites_tensor
+from evals.sprites import CLEAR_MARGIN, SpritesJudge, real_halves, sprites_tensor
 from t2i_core.checkpoint import load_checkpoint
 from t2i_core.data.builtin import (
     DIGIT_WORDS,
@@ -359,10 +359,12 @@ def bench_sprites(*, minutes: float | None, steps: int | None, n: int, root: Pat
         fd = frechet_distance(pca(images), second_features)
         figures[label] = {**s, "diversity": div, "within_prompt_diversity": within, "fd": fd, "s_per_image": seconds / n}
         within_text = "-" if np.isnan(within) else f"{within:.3f}"  # "-": no prompt has two images
-        rows.append(f"| {label} | **{s['top1']:.1%}** | {s['top5']:.1%} | **{s['color']:.1%}** | {div:.3f} | {within_text} "
+        rows.append(f"| {label} | **{s['top1']:.1%}** | {s['top5']:.1%} | **{s['color']:.1%}** | {s['color_clear']:.1%} "
+                    f"| {div:.3f} | {within_text} "
                     f"| {fd:.2f} ({fd / real_fd:.2f}x) | {seconds / n * 1000:.0f} |")
         if log:
-            log(f"  sprites w={label}: top-1 {s['top1']:.3f}, top-5 {s['top5']:.3f}, colour {s['color']:.3f}, FD {fd:.2f}")
+            log(f"  sprites w={label}: top-1 {s['top1']:.3f}, top-5 {s['top5']:.3f}, colour {s['color']:.3f} "
+                f"({s['color_clear']:.3f} on clear calls), FD {fd:.2f}")
     chance = judge.retrieval(real[:1], captions[:1])
     text = "\n".join([
         f"### sprites ({resolution} px, {len(real)} Pokémon sprites, one caption each: colour, type(s), name)",
@@ -374,13 +376,15 @@ def bench_sprites(*, minutes: float | None, steps: int | None, n: int, root: Pat
         f"nearest of all {len(real)} training sprites in a {judge.features.shape[1]}-component PCA space (top-1; "
         f"chance {chance['chance_top1']:.2%}) or among the 5 nearest (top-5; chance {chance['chance_top5']:.1%}). "
         f"Colour: the dominant colour read from the pixels is the caption's (chance {judge.color_chance:.1%}; the "
-        f"real sprites score {real_judged['color']:.1%}). FD against the other {len(second)} sprites; real-vs-real "
+        f"real sprites score {real_judged['color']:.1%}); on clear calls only: the "
+        f"{sum(judge.clear[p] for p in prompts)} of {n} prompts whose sprite's own colour wins its vote by "
+        f"{CLEAR_MARGIN:g} or more of its colourful pixels (evals.sprites). FD against the other {len(second)} sprites; real-vs-real "
         f"{real_fd:.2f}. Diversity among all images (real {real_div:.3f}) and among images of the same prompt.",
         "",
         f"| w | top-1 (chance {chance['chance_top1']:.2%}) | top-5 (chance {chance['chance_top5']:.1%}) "
-        f"| colour (chance {judge.color_chance:.1%}) | diversity (real {real_div:.3f}) | within prompt "
+        f"| colour (chance {judge.color_chance:.1%}) | colour, clear calls | diversity (real {real_div:.3f}) | within prompt "
         f"| FD (real-vs-real {real_fd:.2f}) | ms/image |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ])
     return text, figures

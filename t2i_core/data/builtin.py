@@ -282,10 +282,11 @@ def color_name_indices(rgb: np.ndarray) -> np.ndarray:
     return np.where(high < 0.2, index("black"), named)
 
 
-def dominant_color(image: np.ndarray) -> str | None:
-    """The colour name of a sprite [H, W, 3] (0..1) on white: the hue name most of its colourful pixels have,
-    or gray / black when few are colourful; None for an image that is all background. Read at one scale
-    (COLOR_REFERENCE_SIZE, box-filtered), so the same sprite reads the same at 32 or 64 px."""
+def color_votes(image: np.ndarray) -> np.ndarray | str | None:
+    """What dominant_color decides from, for a sprite [H, W, 3] (0..1) on white: per COLOR_NAMES entry, how many
+    of its colourful pixels have that hue name (gray and black 0); "gray" or "black" when few are colourful;
+    None for an image that is all background. Read at one scale (COLOR_REFERENCE_SIZE, box-filtered), so the
+    same sprite reads the same at 32 or 64 px."""
     pixels = _color_reference(np.asarray(image, dtype=np.float64)).reshape(-1, 3)
     pixels = pixels[~(pixels > BACKGROUND_ABOVE).all(-1)]
     if not len(pixels):
@@ -296,7 +297,24 @@ def dominant_color(image: np.ndarray) -> str | None:
         return "black" if (high < 0.2).mean() > 0.5 else "gray"
     votes = np.bincount(color_name_indices(pixels[colorful]), minlength=len(COLOR_NAMES))
     votes[[COLOR_NAMES.index("gray"), COLOR_NAMES.index("black")]] = 0
-    return COLOR_NAMES[int(np.argmax(votes))]
+    return votes
+
+
+def dominant_color(image: np.ndarray) -> str | None:
+    """The colour name of a sprite [H, W, 3] (0..1) on white: the hue name most of its colourful pixels have,
+    or gray / black when few are colourful; None for an image that is all background (color_votes)."""
+    votes = color_votes(image)
+    return votes if votes is None or isinstance(votes, str) else COLOR_NAMES[int(np.argmax(votes))]
+
+
+def color_margin(image: np.ndarray) -> float:
+    """How clear a call dominant_color makes: the share of the colourful pixels voting for the winning hue minus
+    the runner-up's share (0: a tie, 1: one hue only); 1 for gray, black and blank images, which no vote decides."""
+    votes = color_votes(image)
+    if votes is None or isinstance(votes, str):
+        return 1.0
+    shares = np.sort(votes)[::-1] / votes.sum()
+    return float(shares[0] - shares[1])
 
 
 def _color_reference(image: np.ndarray) -> np.ndarray:
