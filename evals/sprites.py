@@ -6,8 +6,8 @@
   captions were made: t2i_core.data.builtin.dominant_color) match the caption's colour? against chance, the
   agreement of two colours drawn independently from the training set's colour frequencies; and the same on the
   clear calls only: the images whose captioned sprite's own colour wins its vote by a margin of CLEAR_MARGIN
-  or more (t2i_core.data.builtin.color_margin). On a close call a faithful copy of the sprite reads the
-  neighbouring hue about half the time (docs/QUALITY.md, "sprites"), so that figure is the judge's as much as
+  or more (t2i_core.data.builtin.color_margin). On a close call even a faithful copy of the sprite
+  often reads a neighbouring hue (half the time under a margin of 0.1), so that figure is the judge's as much as
   the model's;
 * FD and diversity (evals.distances) against the same figures for real images: `real_halves` splits the
   sprites in two, so "real-vs-real" compares one half of the real sprites with the other.
