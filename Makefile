@@ -8,11 +8,12 @@ UI_PORT   ?= 8188
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-unit test-integration demo ui bench lint format
+.PHONY: help setup test test-quick test-unit test-integration demo ui bench lint format
 
 help:
 	@echo "make setup             create .venv and fetch ComfyUI into $(COMFY_DIR) (idempotent)"
 	@echo "make test              unit + integration tests (PYTEST_ARGS='-k foo' to filter)"
+	@echo "make test-quick        make test without the tests marked slow (CI runs them all)"
 	@echo "make test-unit         unit tests only, no ComfyUI server"
 	@echo "make test-integration  tests against a real ComfyUI server"
 	@echo "make demo              run the demo (python -m scripts.demo)"
@@ -26,10 +27,14 @@ setup:
 
 # On a shared 2-core machine OpenMP's default spin-waiting can make torch 10-100x slower whenever a neighbour
 # is busy (docs/PERFORMANCE.md, "Noise"); passive waiting keeps test times bounded. The server inherits it.
-test test-unit test-integration: export OMP_WAIT_POLICY ?= PASSIVE
+test test-quick test-unit test-integration: export OMP_WAIT_POLICY ?= PASSIVE
 
 test: setup
 	$(PYTEST) $(PYTEST_ARGS)
+
+# The few tests that train for minutes to prove a property are marked slow; CI runs `make test`, which has them.
+test-quick: setup
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 # --ignore keeps the server fixtures from even loading; -m also drops tests
 # marked integration that live elsewhere.

@@ -83,39 +83,98 @@ def saved_images(server: ComfyServer, name: str, prompt: dict, entry: dict) -> l
     return [(f"{name}_{node}_{i}", image) for node in saved for i, image in enumerate(server.images(entry, node))]
 
 
-def judge_samples(server: ComfyServer, prompt: dict, entry: dict) -> tuple[int, int]:
-    """(images matching their prompt, images) for the workflow's raw samples, by the shapes judge."""
-    import numpy as np
-    import torch
-
-    from evals.shapes import judge_shapes
+def samples_by_prompt(server: ComfyServer, prompt: dict, entry: dict) -> list[tuple[str, list[Image.Image]]]:
+    """(prompt line, its images) for the workflow's raw samples: the sampler gives each prompt its share of the
+    batch, in order."""
     [samples] = [n for n, spec in prompt.items() if spec["class_type"] == "SaveImage"
                  and spec["inputs"]["filename_prefix"].endswith("shapes_samples")]
     [encode] = [spec for spec in prompt.values() if spec["class_type"] == "T2IMiniTextEncode"]
     lines = [line.strip() for line in encode["inputs"]["text"].splitlines() if line.strip()]
     images = server.images(entry, samples)
-    per_prompt = len(images) // len(lines)  # the sampler gives each prompt its share of the batch, in order
-    captions = [line for line in lines for _ in range(per_prompt)]
-    batch = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-                         for im in images])
-    return sum(j["all"] for j in judge_shapes(batch, captions)), len(images)
+    per_prompt = len(images) // len(lines)
+    return [(line, images[i * per_prompt:(i + 1) * per_prompt]) for i, line in enumerate(lines)]
 
 
-def contact_sheet(images: list[tuple[str, Image.Image]], width: int = 1200) -> Image.Image:
-    label_h, pad = 18, 12
-    rows, x, y, row_h = [], pad, pad, 0
-    for name, img in images:  # simple left-to-right flow layout
-        if x + img.width + pad > width and x > pad:
-            x, y = pad, y + row_h + label_h + pad
-            row_h = 0
-        rows.append((name, img, x, y))
-        x += img.width + pad
-        row_h = max(row_h, img.height)
-    sheet = Image.new("RGB", (width, y + row_h + label_h + pad), "white")
+def judge_samples(rows: list[tuple[str, list[Image.Image]]]) -> list[list[bool]]:
+    """Per prompt, per image: does it match its prompt, by the shapes judge (color, shape, position, size)."""
+    import numpy as np
+    import torch
+
+    from evals.shapes import judge_shapes
+    verdicts = []
+    for line, images in rows:
+        batch = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+                             for im in images])
+        verdicts.append([j["all"] for j in judge_shapes(batch, [line] * len(images))])
+    return verdicts
+
+
+def grid_cells(prompt: dict, grid_image: Image.Image) -> list[Image.Image]:
+    """The images a workflow's T2IMiniImageGrid laid out (then ImageScaleBy enlarged), cut back out of the saved
+    grid with the workflow's own columns, padding and scale."""
+    [layout] = [spec["inputs"] for spec in prompt.values() if spec["class_type"] == "T2IMiniImageGrid"]
+    [scaled] = [spec["inputs"] for spec in prompt.values() if spec["class_type"] == "ImageScaleBy"]
+    columns, scale = layout["columns"], scaled["scale_by"]
+    pad = round(layout["padding"] * scale)
+    cell = (grid_image.width - (columns - 1) * pad) // columns
+    rows = (grid_image.height + pad) // (cell + pad)
+    return [grid_image.crop((c * (cell + pad), r * (cell + pad), c * (cell + pad) + cell, r * (cell + pad) + cell))
+            for r in range(rows) for c in range(columns)]
+
+
+SHEET_CELL, SHEET_PAD, SHEET_LABEL = 96, 8, 26  # pixels: a sample's side on the sheet, gaps, a label line
+
+
+def contact_sheet(sample_rows, verdicts, sweep_prompt: str, sweep_rows, loss_curve: Image.Image) -> Image.Image:
+    """One sheet a reader can check by eye: a labelled row per prompt (each sample marked as the judge read it),
+    the guidance sweep with one row per w, and the loss curve. Every block has its own line of text above it."""
+    from PIL import ImageFont
+    font, small = ImageFont.load_default(size=16), ImageFont.load_default(size=13)
+    columns = max(len(images) for _, images in [*sample_rows, *sweep_rows])
+    width = max(2 * SHEET_PAD + columns * (SHEET_CELL + SHEET_PAD), loss_curve.width + 2 * SHEET_PAD, 560)
+    blocks = []  # (y, kind, payload), laid out top to bottom
+    y = SHEET_PAD
+
+    def line(text, f=font):
+        nonlocal y
+        blocks.append((y, "text", (text, f)))
+        y += SHEET_LABEL
+
+    def row(images, marks=None):
+        nonlocal y
+        blocks.append((y, "row", (images, marks)))
+        y += SHEET_CELL + (18 if marks else 0) + SHEET_PAD
+
+    matched = sum(map(sum, verdicts))
+    line(f"Samples at guidance 3: {matched} of {sum(map(len, verdicts))} match their prompt (shapes judge)")
+    for (text, images), marks in zip(sample_rows, verdicts):
+        line(f'"{text}"  ({sum(marks)} of {len(marks)})', small)
+        row(images, marks)
+    line(f'Guidance sweep, the same noise: "{sweep_prompt}"')
+    for w, images in sweep_rows:
+        line(f"w = {w:g}", small)
+        row(images)
+    line("Training loss")
+    blocks.append((y, "image", loss_curve))
+    y += loss_curve.height + SHEET_PAD
+
+    sheet = Image.new("RGB", (width, y), "white")
     draw = ImageDraw.Draw(sheet)
-    for name, img, x, y in rows:
-        draw.text((x, y), name, fill="black")
-        sheet.paste(img.convert("RGB"), (x, y + label_h))
+    for top, kind, payload in blocks:
+        if kind == "text":
+            text, f = payload
+            draw.text((SHEET_PAD, top + 4), text, fill="black", font=f)
+        elif kind == "image":
+            sheet.paste(payload.convert("RGB"), (SHEET_PAD, top))
+        else:
+            images, marks = payload
+            for i, img in enumerate(images):
+                x = SHEET_PAD + i * (SHEET_CELL + SHEET_PAD)
+                sheet.paste(img.convert("RGB").resize((SHEET_CELL, SHEET_CELL), Image.NEAREST), (x, top))
+                if marks:
+                    ok = marks[i]
+                    draw.text((x, top + SHEET_CELL + 2), "match" if ok else "no match",
+                              fill=(0, 128, 0) if ok else (192, 0, 0), font=small)
     return sheet
 
 
@@ -137,15 +196,24 @@ def main():
         print(f"[demo] ComfyUI up at {server.url} in {server.startup_seconds:.1f} s (log: {server.log_path})")
         entry = asyncio.run(watch(server, "train_from_dataset", train, timeout=3600))
         images = saved_images(server, "train_from_dataset", train, entry)
-        matched, total = judge_samples(server, train, entry)
-        images += saved_images(server, "guidance_sweep", sweep, asyncio.run(watch(server, "guidance_sweep", sweep, 600)))
-    for name, img in images:
+        sample_rows = samples_by_prompt(server, train, entry)
+        sweep_entry = asyncio.run(watch(server, "guidance_sweep", sweep, 600))
+        sweep_images = saved_images(server, "guidance_sweep", sweep, sweep_entry)
+    verdicts = judge_samples(sample_rows)
+    for name, img in [*images, *sweep_images]:
         img.save(out / f"{name}.png")
-    contact_sheet(images).save(out / "contact_sheet.png")
+    [loss_curve] = [img for name, img in images if name.startswith("train_from_dataset_5_")]  # node 5 saves it
+    scales = sorted(spec["inputs"]["cfg"] for spec in sweep.values() if spec["class_type"] == "T2IMiniGuidedSampler")
+    cells = grid_cells(sweep, sweep_images[0][1])
+    per_scale = len(cells) // len(scales)  # the sweep batches its samplers' outputs in rising cfg
+    sweep_rows = [(w, cells[i * per_scale:(i + 1) * per_scale]) for i, w in enumerate(scales)]
+    [sweep_text] = [spec["inputs"]["text"] for spec in sweep.values() if spec["class_type"] == "T2IMiniTextEncode"]
+    contact_sheet(sample_rows, verdicts, sweep_text, sweep_rows, loss_curve).save(out / "contact_sheet.png")
+    matched, total = sum(map(sum, verdicts)), sum(map(len, verdicts))
     print(f"[demo] {matched} of {total} images match their prompt (the shapes judge reads color, shape, position "
           f"and size; guidance 3)")
-    print(f"[demo] {len(images)} images and contact_sheet.png written to {out} in {time.monotonic() - started:.0f} s")
-
+    n = len(images) + len(sweep_images)
+    print(f"[demo] {n} images and contact_sheet.png written to {out} in {time.monotonic() - started:.0f} s")
 
 if __name__ == "__main__":
     main()

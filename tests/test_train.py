@@ -213,9 +213,11 @@ def test_compiled_training_matches_the_plain_path(shapes, encoder, tmp_path, mon
         compiled_modules.append(module)
         return compile_(module, backend="aot_eager")
     monkeypatch.setattr(torch, "compile", compile_for_test)
-    plain = train(config(shapes, tmp_path / "a", steps=4), encoder, device="cpu")
+    # 2 steps: compiled kernels may round differently, and AdamW amplifies rounding step by step (see
+    # tests/test_distributed.py), so longer runs would compare the CPU's rounding, not the compiled path
+    plain = train(config(shapes, tmp_path / "a", steps=2), encoder, device="cpu")
     assert compiled_modules == []
-    compiled = train(config(shapes, tmp_path / "b", steps=4, compile=True), encoder, device="cpu")
+    compiled = train(config(shapes, tmp_path / "b", steps=2, compile=True), encoder, device="cpu")
     assert len(compiled_modules) == 1
     torch.testing.assert_close([h["loss"] for h in compiled.history], [h["loss"] for h in plain.history],
                                rtol=1e-4, atol=1e-6)

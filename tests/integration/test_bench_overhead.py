@@ -1,9 +1,12 @@
 """bench.comfy_overhead runs end to end against its own real ComfyUI (no timing is checked)."""
 import math
 
+import pytest
+
 from bench import comfy_overhead
 
 
+@pytest.mark.slow  # starts a second ComfyUI of its own
 def test_overhead_benchmark_measures_both_sides():
     section = comfy_overhead.run(quick=True)
     assert section.skipped is None, section.skipped
