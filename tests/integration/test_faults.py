@@ -263,19 +263,20 @@ async def sample_and_cancel(server: ComfyServer, prompt: dict, node: str, after_
 
 
 def test_cancel_stops_a_large_image_inside_its_first_step(faults, trained_here):
-    # 128x128 from the 16 px model (8x each side), allowed on purpose: one step runs many U-Net blocks; Cancel
-    # checked only between steps would wait for the step to end
-    prompt = generate_prompt(trained_here, width=128, height=128, batch=2, steps=3, seed=21)
+    # 256x256 from the 16 px model (16x each side), allowed on purpose: one step runs many U-Net blocks; Cancel
+    # checked only between steps would wait for the step to end. (At 128x128 a fast CPU finished the whole first
+    # step within the second before Cancel.)
+    prompt = generate_prompt(trained_here, width=256, height=256, batch=2, steps=3, seed=21)
     prompt["5"]["inputs"]["allow_large_sizes"] = True
     seconds, progress, status = asyncio.run(sample_and_cancel(faults.server, prompt, "5", after_s=1.0))
     assert status == "execution_interrupted"
     assert len(progress) == 0, f"the first step finished before Cancel took effect: {progress}"
     # for the record: what one uninterrupted step of that size takes here
-    one_step = generate_prompt(trained_here, width=128, height=128, batch=2, steps=1, seed=22)
+    one_step = generate_prompt(trained_here, width=256, height=256, batch=2, steps=1, seed=22)
     one_step["5"]["inputs"]["allow_large_sizes"] = True
     step_s, _, status = asyncio.run(sample_and_cancel(faults.server, one_step, "5", after_s=None))
     assert status == "execution_success"
-    print(f"\ncancelled 128x128 batch 2 1.0 s into the sampler: stopped {seconds:.2f} s after /interrupt, inside "
+    print(f"\ncancelled 256x256 batch 2 1.0 s into the sampler: stopped {seconds:.2f} s after /interrupt, inside "
           f"step 1; one whole step (with model load and decode) took {step_s:.1f} s")
     assert_still_serving(faults.server)
 
