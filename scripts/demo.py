@@ -202,7 +202,9 @@ def main():
     verdicts = judge_samples(sample_rows)
     for name, img in [*images, *sweep_images]:
         img.save(out / f"{name}.png")
-    [loss_curve] = [img for name, img in images if name.startswith("train_from_dataset_5_")]  # node 5 saves it
+    [loss_node] = [n for n, spec in train.items() if spec["class_type"] == "SaveImage"
+                   and spec["inputs"]["filename_prefix"].endswith("loss_curve")]
+    [loss_curve] = [img for name, img in images if name.startswith(f"train_from_dataset_{loss_node}_")]
     scales = sorted(spec["inputs"]["cfg"] for spec in sweep.values() if spec["class_type"] == "T2IMiniGuidedSampler")
     cells = grid_cells(sweep, sweep_images[0][1])
     per_scale = len(cells) // len(scales)  # the sweep batches its samplers' outputs in rising cfg

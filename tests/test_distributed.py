@@ -22,17 +22,14 @@ from t2i_core.train_state import load_train_state, state_path
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 8  # the 2-rank run: enough to show the loss falling and the ranks' EMA weights staying identical
-# Where 2 ranks and 1 process must agree, and how closely. DDP averages two half-batch gradients where one process
-# takes the mean over the whole batch, so sums run in another order (and oneDNN may pick other kernels for a batch
-# of 16 than of 32): float32 rounding, ~1e-7 relative. So what is compared starts from identical weights, or nearly:
-# - the loss of a step taken from the same weights (step 1; the first step after a resume, whose weights are loaded
-#   bit for bit), rounded to the history's 6 digits. A wrong shard moves it by ~1e-2;
-# - the weights after EARLY_STEPS optimizer steps. Step 1 alone would not do: the zero-initialised output conv
-#   passes no gradient back, so only that conv moves, by lr * sign(g) under AdamW, whatever the batch. After two
-#   steps, gradients left un-averaged (one rank's half batch) change the update by its own size (drift ~1), while
-#   rounding left at most ~1e-4 with 1 or 2 threads (docs/RELIABILITY.md, "Data-parallel equality").
-# Later steps are not compared across world sizes: AdamW divides by sqrt(v), so the rounding grows step by step,
-# by how much depends on the CPU's kernels and thread count (a 20-step loss comparison failed on a Zen 3 at 1.3%).
+# Where 2 ranks and 1 process must agree. DDP averages two half-batch gradients where one process takes the mean
+# over the whole batch, so sums run in another order: float32 rounding. So what is compared starts from identical
+# weights, or nearly: the loss of a step taken from the same weights (step 1, and the first step after a resume,
+# whose weights are loaded bit for bit), and the weights after EARLY_STEPS steps. Step 1 alone would not do: the
+# zero-initialised output conv passes no gradient back, so only that conv moves, by lr * sign(g), whatever the batch.
+# Later steps are not compared across world sizes: AdamW amplifies the rounding step by step, by an amount that
+# depends on the CPU's kernels and thread count. The tolerances sit between the measured rounding and what a wrong
+# shard or un-averaged gradients give (docs/RELIABILITY.md, "Data-parallel equality").
 EARLY_STEPS = 2
 SAME_WEIGHTS_LOSS_TOL = dict(rtol=0, atol=5e-6)
 EARLY_UPDATE_TOL = 1e-2  # |update_a - update_b| / |update_b| after EARLY_STEPS steps
