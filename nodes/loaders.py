@@ -9,6 +9,7 @@ from comfy_api.latest import io, ui
 from ..t2i_core import (
     TINY_TEXT_CONFIG,
     PixelCodec,
+    load_bert_text_encoder,
     load_checkpoint,
     load_pretrained_text_encoder,
     load_text_encoder_file,
@@ -17,6 +18,7 @@ from ..t2i_core import (
 )
 from ..t2i_core.codecs import VAE_FAMILIES
 from ..t2i_core.external import describe
+from ..t2i_core.text_encoder import MINILM_REQUIREMENT
 from . import paths
 from .comfy_model import core_model
 from .types import CATEGORY, Codec, Node, T2IModel, TextEncoder
@@ -189,6 +191,39 @@ class TextEncoderFile(Node):
         return io.NodeOutput(load_text_encoder_file(path, model_name="custom", text_config=config))
 
 
+class PretrainedTextEncoder(Node):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="T2IMiniPretrainedTextEncoder",
+            display_name="Pretrained Text Encoder (MiniLM)",
+            category=LOADERS,
+            description="sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT, width 384, 22.7M parameters, "
+                        f"Apache-2.0), frozen, from the {MINILM_REQUIREMENT} package: an encoder that knows language, "
+                        "so a model trained with it also follows prompts worded otherwise than its captions. No "
+                        "download. Checkpoints name it and its weight digest; they do not copy it.",
+            inputs=[
+                io.Combo.Input("folder", options=paths.bert_folder_choices(), default=paths.PACKAGE_TEXT_ENCODER,
+                               optional=True,
+                               tooltip="The package's all-MiniLM-L6-v2, or another BERT sentence encoder's folder "
+                                       "in ComfyUI's models/text_encoders (Hugging Face layout: config.json, "
+                                       "model.safetensors or pytorch_model.bin, vocab.txt or tokenizer.json)."),
+            ],
+            outputs=[TextEncoder.Output(display_name="TEXT_ENCODER", tooltip="The frozen text encoder.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder=paths.PACKAGE_TEXT_ENCODER):
+        try:
+            return paths.file_stamp(paths.bert_folder(folder))
+        except FileNotFoundError:
+            return f"missing:{folder}"
+
+    @classmethod
+    def execute(cls, folder=paths.PACKAGE_TEXT_ENCODER) -> io.NodeOutput:
+        return io.NodeOutput(load_bert_text_encoder(paths.bert_folder(folder)))
+
+
 class VAELoader(Node):
     @classmethod
     def define_schema(cls):
@@ -241,4 +276,5 @@ class PixelCodecNode(Node):
         return io.NodeOutput(PixelCodec())
 
 
-NODES = [CheckpointLoader, TinyTextEncoder, OpenCLIPTextEncoder, TextEncoderFile, VAELoader, PixelCodecNode]
+NODES = [CheckpointLoader, TinyTextEncoder, PretrainedTextEncoder, OpenCLIPTextEncoder, TextEncoderFile, VAELoader,
+         PixelCodecNode]

@@ -1,4 +1,4 @@
-"""Where the pack reads and writes files inside ComfyUI: our model folder, datasets, VAEs.
+"""Where the pack reads and writes files inside ComfyUI: our model folder, datasets, VAEs, text encoders.
 
 `models/t2i_mini/` is registered with ComfyUI's folder_paths (so extra_model_paths.yaml may add more
 folders under the key `t2i_mini`). Every name that comes from a workflow is resolved here, and a name
@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import folder_paths
 
+from ..t2i_core.text_encoder import MINILM_NAME
 from ..t2i_core.train_state import SNAPSHOT_FOLDER
 
 MODEL_FOLDER = "t2i_mini"  # the folder_paths key and the folder name under models/
@@ -154,11 +155,13 @@ def input_subfolder(name: str) -> Path:
     return path
 
 
-# ---- VAEs: single files and diffusers folders under models/vae ----
+# ---- VAEs (single files and diffusers folders under models/vae) and text encoders (models/text_encoders) ----
 
-def _diffusers_folders() -> dict[str, Path]:
+def _config_folders(kind: str) -> dict[str, Path]:
+    """The subfolders of ComfyUI's `kind` model folders (vae, text_encoders) that hold a config.json: the
+    Hugging Face layout, listed as 'name/'."""
     found = {}
-    for root in folder_paths.get_folder_paths("vae"):
+    for root in folder_paths.get_folder_paths(kind):
         if not os.path.isdir(root):
             continue
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -171,14 +174,14 @@ def _diffusers_folders() -> dict[str, Path]:
 
 def vae_choices() -> list[str]:
     """Files in models/vae (outside diffusers folders), then diffusers folders, shown as 'name/'."""
-    folders = _diffusers_folders()
+    folders = _config_folders("vae")
     files = [f for f in folder_paths.get_filename_list("vae")
              if not any(f.replace("\\", "/").startswith(d) for d in folders)]
     return sorted(files) + sorted(folders)
 
 
 def vae_path(choice: str) -> Path:
-    folders = _diffusers_folders()
+    folders = _config_folders("vae")
     if choice in folders:
         return folders[choice]
     path = folder_paths.get_full_path("vae", choice)
@@ -196,6 +199,28 @@ def text_encoder_file(name: str) -> Path:
     if path is None:
         raise FileNotFoundError(f"text encoder file {name!r} is not in ComfyUI's models/text_encoders folder")
     return Path(path)
+
+
+# the Pretrained Text Encoder node's entry for the MiniLM package's own weights
+PACKAGE_TEXT_ENCODER = f"{MINILM_NAME} (package)"
+
+
+def bert_folder_choices() -> list[str]:
+    """The package's encoder, then the Hugging Face-layout folders (config.json inside) in models/text_encoders."""
+    return [PACKAGE_TEXT_ENCODER, *sorted(_config_folders("text_encoders"))]
+
+
+def bert_folder(choice: str) -> Path | None:
+    """The folder of a bert_folder_choices entry; None for the package's. Only folders inside ComfyUI's
+    models/text_encoders are found."""
+    if choice == PACKAGE_TEXT_ENCODER:
+        return None
+    folders = _config_folders("text_encoders")
+    if choice not in folders:
+        raise FileNotFoundError(f"text encoder folder {choice!r} is not in ComfyUI's models/text_encoders folder; put "
+                                "a BERT sentence encoder's folder (config.json, model.safetensors, tokenizer) there "
+                                "and refresh")
+    return folders[choice]
 
 
 def file_stamp(path: Path | str | None) -> str:

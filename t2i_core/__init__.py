@@ -14,12 +14,15 @@ from .sampler import SAMPLERS, make_noise, sample
 from .schedule import NoiseSchedule, ScheduleConfig
 from .text_encoder import (
     TINY_TEXT_CONFIG,
+    FrozenBertTextEncoder,
     FrozenCLIPTextEncoder,
     TextEncoderError,
     TextEncoderSpec,
     build_text_encoder,
+    load_bert_text_encoder,
     load_pretrained_text_encoder,
     load_text_encoder_file,
+    minilm_text_encoder,
     tiny_text_encoder,
 )
 from .unet import PRESETS, TextConditionedUNet, UNetConfig, preset_config
@@ -28,7 +31,8 @@ __all__ = [
     "CheckpointError", "load_checkpoint", "save_checkpoint", "CodecError", "PixelCodec", "VAECodec",
     "codec_from_spec", "load_vae", "Codec", "Conditioning", "EncodedText", "TextEncoder", "match_batch", "autocast",
     "default_device", "resolve_precision", "latent_shape", "T2IModel", "SAMPLERS", "make_noise", "sample", "NoiseSchedule", "ScheduleConfig", "TINY_TEXT_CONFIG",
-    "FrozenCLIPTextEncoder", "TextEncoderError", "TextEncoderSpec", "build_text_encoder",
-    "load_pretrained_text_encoder", "load_text_encoder_file", "tiny_text_encoder", "PRESETS",
+    "FrozenCLIPTextEncoder", "FrozenBertTextEncoder", "TextEncoderError", "TextEncoderSpec", "build_text_encoder",
+    "load_bert_text_encoder", "load_pretrained_text_encoder", "load_text_encoder_file", "minilm_text_encoder",
+    "tiny_text_encoder", "PRESETS",
     "TextConditionedUNet", "UNetConfig", "preset_config",
 ]

