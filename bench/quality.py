@@ -55,7 +55,7 @@ from t2i_core.data.builtin import (
 )
 from t2i_core.pipeline import T2IModel
 from t2i_core.sampler import SAMPLERS
-from t2i_core.text_encoder import tiny_text_encoder
+from t2i_core.text_encoder import FrozenTextEncoder, tiny_text_encoder
 from t2i_core.train import TrainCallbacks, TrainConfig, train
 from t2i_core.train_state import training_files
 
@@ -116,9 +116,11 @@ class Trained:
 
 
 def train_fresh(dataset: Path, output: Path, *, minutes: float | None, steps: int | None, log=None,
-                resolution: int = RESOLUTION, reuse: bool = False, **overrides) -> Trained:
+                resolution: int = RESOLUTION, reuse: bool = False, text_encoder: FrozenTextEncoder | None = None,
+                **overrides) -> Trained:
     """Train a new model on `dataset` (earlier bench output there is removed), defaults apart from the arguments.
-    reuse: load the model an earlier call with the same arguments left at `output` instead."""
+    reuse: load the model an earlier call with the same arguments left at `output` instead.
+    text_encoder: the frozen encoder to train with (default: the tiny tower, seed 0)."""
     kw = dict(dataset=str(dataset), output=str(output), resolution=resolution, **overrides)
     if minutes:
         kw["max_minutes"] = minutes
@@ -130,7 +132,7 @@ def train_fresh(dataset: Path, output: Path, *, minutes: float | None, steps: in
         return reused_model(output, cfg)
     for path in training_files(output):
         path.unlink()
-    encoder = tiny_text_encoder(0)
+    encoder = text_encoder if text_encoder is not None else tiny_text_encoder(0)
 
     def progress(p):
         if log and (p.step % 100 == 0):

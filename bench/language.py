@@ -1,0 +1,127 @@
+"""What language buys: the same training with the random tiny tower and with the pretrained MiniLM encoder, judged
+on the training captions' wording and on held-out wordings of the same meaning (evals.wordings).
+
+    .venv/bin/python -m bench.language [--steps 600] [--n 200] [--w 3] [--datasets digits,shapes]
+
+For each dataset and encoder it trains a fresh model with the default TrainConfig for the same number of steps
+(same seed, so the same batches and noise), samples n images at guidance w (DDIM 25, eta 0, fp32) once prompted
+with the training captions and once with held-out wordings, the same seeds for both, and judges each image against
+the canonical caption. "kept" is held-out adherence over training-wording adherence: 1 means the new words work as
+well as the trained ones.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evals.digits import DigitsJudge
+from evals.shapes import judge_shapes, summarize_judgements
+from evals.wordings import DIGIT_TEMPLATES, SHAPE_TEMPLATES, digits_wordings, shapes_wordings
+from t2i_core.data.builtin import generate_shapes, make_digits_dataset, make_shapes_dataset, parse_digits_caption
+from t2i_core.text_encoder import TEXT_ENCODER_NAMES, text_encoder_by_name
+
+from .common import machine_line
+from .quality import (BENCH_DIR, RESOLUTION, SHAPES_HELDOUT_SEED, SHAPES_TRAIN_COUNT, Sampling, generate,
+                      train_fresh, training_line)
+
+DATASETS = ("digits", "shapes")
+
+
+def digits_task(root: Path, n: int):
+    """(train folder, [(held-out prompt, canonical caption)], judge(images, canonical) -> per-image bool)."""
+    judge = DigitsJudge(RESOLUTION)
+
+    def per_image(images, canonical):
+        return judge.predict(images) == np.array([parse_digits_caption(c) for c in canonical])
+    return (make_digits_dataset(root / "data" / f"digits{RESOLUTION}", RESOLUTION, "train"), digits_wordings(n),
+            per_image, len(DIGIT_TEMPLATES), 10)
+
+
+def shapes_task(root: Path, n: int):
+    _, captions, _ = generate_shapes(max(n, 72), RESOLUTION, seed=SHAPES_HELDOUT_SEED)
+
+    def per_image(images, canonical):
+        return np.array([j["all"] for j in judge_shapes(images, canonical)])
+    return (make_shapes_dataset(root / "data" / f"shapes{RESOLUTION}", SHAPES_TRAIN_COUNT, RESOLUTION, seed=0),
+            shapes_wordings(captions[:n]), per_image, len(SHAPE_TEMPLATES), 1)
+
+
+TASKS = {"digits": digits_task, "shapes": shapes_task}
+
+
+def run(*, steps: int = 600, n: int = 200, w: float = 3.0, datasets=DATASETS, encoders=TEXT_ENCODER_NAMES,
+        root: Path | None = None, log=None) -> str:
+    root = Path(root or BENCH_DIR) / "language"
+    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    sampling = Sampling()
+    rows, per_template, training = [], [], []
+    width = max(len(DIGIT_TEMPLATES), len(SHAPE_TEMPLATES))
+    for name in datasets:
+        train_dir, wordings, per_image, templates, block = TASKS[name](root, n)
+        heldout = [p for p, _ in wordings]
+        canonical = [c for _, c in wordings]
+        seeds = list(range(n))
+        for encoder_name in encoders:
+            if log:
+                log(f"{name} with {encoder_name}: training {steps} steps")
+            trained = train_fresh(train_dir, root / name / f"{name}-{encoder_name}.safetensors", minutes=None,
+                                  steps=steps, log=log, text_encoder=text_encoder_by_name(encoder_name))
+            training.append(training_line(f"{name}, {encoder_name}", trained))
+            seen, _ = generate(trained.model, canonical, seeds, w, sampling=sampling)
+            new, _ = generate(trained.model, heldout, seeds, w, sampling=sampling)
+            a, b = per_image(seen, canonical), per_image(new, canonical)
+            kept = b.mean() / max(a.mean(), 1e-9)
+            rows.append(f"| {name} | {encoder_name} | {a.mean():.1%} | {b.mean():.1%} | **{kept:.2f}** |")
+            # image i used template (i // block) mod templates (evals.wordings)
+            which = (np.arange(n) // block) % templates
+            per_template.append(f"| {name} | {encoder_name} | "
+                                + " | ".join(f"{b[which == t].mean():.0%}" if (which == t).any() else "-"
+                                             for t in range(width)) + " |")
+            if log:
+                log(f"  {name} {encoder_name}: training wording {a.mean():.3f}, held-out {b.mean():.3f}")
+    return "\n".join([
+        f"## What language buys ({time.strftime('%Y-%m-%d %H:%M')})",
+        "",
+        machine_line(),
+        "",
+        *[f"- {line}" for line in training],
+        "",
+        f"{n} images per wording, seeds 0..{n - 1}, w={w:g}, {sampling}, fp32; judged against the canonical caption.",
+        "",
+        "| dataset | text encoder | training wording | held-out wording | kept (held-out / training) |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "Held-out adherence by template (evals.wordings: DIGIT_TEMPLATES, SHAPE_TEMPLATES, in order):",
+        "",
+        "| dataset | text encoder | " + " | ".join(f"t{i}" for i in range(width)) + " |",
+        "|---|---|" + "---|" * width,
+        *per_template,
+    ]) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=600, help="training steps per model (the same for every encoder)")
+    p.add_argument("--n", type=int, default=200, help="images per wording")
+    p.add_argument("--w", type=float, default=3.0, help="guidance scale")
+    p.add_argument("--datasets", default=",".join(DATASETS))
+    p.add_argument("--encoders", default=",".join(TEXT_ENCODER_NAMES))
+    p.add_argument("--root", type=Path, default=None, help=f"work folder (default {BENCH_DIR})")
+    p.add_argument("--out", type=Path, help="also write the markdown here")
+    a = p.parse_args(argv)
+    text = run(steps=a.steps, n=a.n, w=a.w, datasets=tuple(a.datasets.split(",")),
+               encoders=tuple(a.encoders.split(",")), root=a.root, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(text)
+    if a.out:
+        a.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
