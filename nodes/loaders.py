@@ -91,8 +91,9 @@ class TinyTextEncoder(Node):
             display_name="Tiny Text Encoder (random, offline)",
             category=LOADERS,
             description="A small CLIP text tower (width 256, 4 layers) with random weights drawn from a seed. "
-                        "Needs no download; a model trained with it learns its captions' wording. Use the same "
-                        "seed at training and generation.",
+                        "Needs no download; a model trained with it learns only its captions' exact words (for other "
+                        "wordings, train with Pretrained Text Encoder (MiniLM)). Use the same seed at training and "
+                        "generation.",
             inputs=[
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seed of the random weights. A model only understands the encoder it was "

@@ -59,7 +59,9 @@ class Train(Node):
                                        "server's operator allows) holding the images and captions. "
                                        f"'{paths.NO_DATASET}' uses the dataset_path input instead."),
                 text_encoder_input(tooltip="The frozen text encoder; the model only understands this encoder, so "
-                                           "generate with the same one."),
+                                           "generate with the same one. Pretrained Text Encoder (MiniLM) knows "
+                                           "language, so prompts worded otherwise than the captions work too "
+                                           "(docs/QUALITY.md); the Tiny one knows only the captions' words."),
                 codec_input(tooltip="Pixel Codec for small CPU models, or a VAE for latent models (latents are "
                                     "encoded once and cached)."),
                 io.Combo.Input("preset", options=list(PRESETS), default="tiny",

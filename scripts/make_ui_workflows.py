@@ -36,13 +36,14 @@ NOTES = {
     "text_to_image": (
         "## Text to image\n\nGenerates images from a prompt with a T2I Mini checkpoint from "
         "`models/t2i_mini/`.\n\nNo checkpoint yet? Run the **train_from_dataset** template first: it trains "
-        "`shapes.safetensors` on a CPU in minutes.\n\nThe prompt must use the wording of the training captions, "
-        "e.g. *a small blue square on the right*."),
+        "`shapes.safetensors` on a CPU in minutes.\n\nA model trained with the MiniLM text encoder also follows "
+        "other wordings of its captions' meaning, e.g. *a navy box, tiny, at the right* for *a small blue square on the "
+        "right*; one trained with the tiny random encoder follows only the captions' own words."),
     "train_from_dataset": (
         "## Train from dataset\n\n1. **Make Dataset** writes 1,000 captioned shapes images into "
-        "`input/t2i_shapes/`.\n2. **Train from Dataset** trains the micro U-Net (1.2M parameters) with the tiny random "
-        "text encoder and saves `models/t2i_mini/shapes.safetensors` (resumable: Cancel keeps a checkpoint, and "
-        "queueing again continues it).\n3. The trained model samples a grid: one row per prompt, one column per "
+        "`input/t2i_shapes/`.\n2. **Train from Dataset** trains the micro U-Net (1.2M parameters) with the pretrained "
+        "MiniLM text encoder (frozen, from a pip package, no download) and saves "
+        "`models/t2i_mini/shapes.safetensors` (resumable: Cancel keeps a checkpoint, and queueing again continues it).\n3. The trained model samples a grid: one row per prompt, one column per "
         "seed.\n\nTraining runs 650 steps (batch 32, cosine learning rate), about 3 minutes on a 2-core CPU without "
         "bf16; max_minutes stops it at 3 minutes on a slower one. Validation images appear on the training node as it runs."),
     "guidance_sweep": (

@@ -3,10 +3,10 @@
     python -m t2i_core train --dataset DIR --output model.safetensors [--steps N --resolution 16 ...]
 
 Every TrainConfig field is an option (`--max-minutes 3`, `--lr-schedule cosine`, `--validation-prompt TEXT`
-repeated, ...); `python -m t2i_core train --help` lists them with their defaults. The text encoder is the tiny
-seeded one (`--text-encoder-seed`), the pretrained all-MiniLM-L6-v2 (`--text-encoder minilm`), another BERT sentence
-encoder's folder (`--text-encoder-folder`), or CLIP weights from a file (`--text-encoder-file`, with
-`--text-encoder-model` naming the open_clip architecture).
+repeated, ...); `python -m t2i_core train --help` lists them with their defaults. The text encoder is the
+pretrained all-MiniLM-L6-v2 (the default, `--text-encoder minilm`), the tiny seeded one (`--text-encoder tiny`,
+`--text-encoder-seed`), another BERT sentence encoder's folder (`--text-encoder-folder`), or CLIP weights from a file
+(`--text-encoder-file`, with `--text-encoder-model` naming the open_clip architecture).
 
 Under torchrun it trains data-parallel, one rank per process (t2i_core.distributed):
 
@@ -55,9 +55,11 @@ def train_parser(sub) -> argparse.ArgumentParser:
         else:
             caster = {"int": int, "float": float}.get(str(f.type), str)
             p.add_argument(flag, type=caster, default=f.default)
-    p.add_argument("--text-encoder", choices=TEXT_ENCODER_NAMES, default="tiny",
-                   help="tiny: a small tower with seeded random weights; minilm: the pretrained all-MiniLM-L6-v2 "
-                        f"({MINILM_INSTALL})")
+    # minilm is the default: trained with it, a model also follows prompts worded otherwise (docs/QUALITY.md,
+    # "What language buys"); tiny trains as fast and stays for tests.
+    p.add_argument("--text-encoder", choices=TEXT_ENCODER_NAMES, default="minilm",
+                   help="minilm (the default): the pretrained all-MiniLM-L6-v2 sentence encoder, Apache-2.0 "
+                        f"({MINILM_INSTALL}); tiny: a small tower with seeded random weights, knows no language")
     p.add_argument("--text-encoder-seed", type=int, default=0, help="seed of the tiny random text encoder")
     p.add_argument("--text-encoder-folder", default=None,
                    help="a BERT sentence encoder's folder in Hugging Face's layout instead of --text-encoder")

@@ -47,7 +47,7 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder():
-    return tiny_text_encoder(0)  # the CLI's default text encoder (--text-encoder-seed 0)
+    return tiny_text_encoder(0)  # what torchrun() names: --text-encoder=tiny, seed 0
 
 
 def config(shapes, work, name, **kw) -> TrainConfig:
@@ -65,7 +65,7 @@ def cpu_env() -> dict:
 
 def torchrun(cfg: TrainConfig, processes: int = 2) -> str:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "t2i_core", "train", *config_args(cfg)]
+               "-m", "t2i_core", "train", "--text-encoder=tiny", *config_args(cfg)]
     done = subprocess.run(command, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
