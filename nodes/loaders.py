@@ -17,7 +17,7 @@ from ..t2i_core import (
     tiny_text_encoder,
 )
 from ..t2i_core.codecs import VAE_FAMILIES
-from ..t2i_core.external import describe
+from ..t2i_core.external import ExternalCodec, ExternalTextEncoder, describe
 from ..t2i_core.text_encoder import MINILM_REQUIREMENT
 from . import paths
 from .comfy_model import core_model
@@ -74,9 +74,10 @@ class CheckpointLoader(Node):
     @classmethod
     def execute(cls, ckpt_name) -> io.NodeOutput:
         model = load_checkpoint(paths.checkpoint_path(ckpt_name), device="cpu")
-        needs = [f"{part}: {describe(record)}. {record.get('hint') or ''}".strip()
-                 for part, record in (("text encoder", model.text_encoder.record()), ("VAE", model.codec.record()))
-                 if isinstance(record, dict) and not record.get("embedded", True)]
+        # only the parts the checkpoint names but could not rebuild here (a package-loaded MiniLM needs nothing)
+        needs = [f"{part}: {describe(obj.record())}. {obj.record().get('hint') or ''}".strip()
+                 for part, obj in (("text encoder", model.text_encoder), ("VAE", model.codec))
+                 if isinstance(obj, (ExternalTextEncoder, ExternalCodec))]
         for line in needs:
             log.info("T2I Mini: %s needs its %s", ckpt_name, line)
         ui_text = ui.PreviewText("\n".join(f"needs {line}" for line in needs)) if needs else None
