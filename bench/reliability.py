@@ -92,6 +92,8 @@ def run(quick: bool = False) -> Section:
         section.summary[f"reliability_cancel_gap_{res}"] = max(gaps)
     section.tables.append(latency)
 
+    cancel_gaps_at_large_sizes(section, quick)
+
     n = 10_000
     t0 = time.perf_counter()
     for _ in range(n):
@@ -108,6 +110,80 @@ def run(quick: bool = False) -> Section:
         "Ratios within the spread of repeats are noise: the hook and the check cost nothing measurable.",
     ]
     return section
+
+
+LARGE_PRESETS = ("micro", "tiny")
+REAL_CHUNKS_PER_CALL = 3  # attention chunks computed for real in each call; the rest repeat the same work
+
+
+def cancel_gaps_at_large_sizes(section: Section, quick: bool) -> None:
+    """The longest time between two Cancel checks (between blocks and between attention chunks) in one forward
+    pass at sizes far beyond the 16 px these presets train at, with the guard lifted as an operator can.
+
+    A 1024 px forward pass takes many minutes, nearly all of it in attention chunks that each do the same work,
+    so each attention call here computes its first REAL_CHUNKS_PER_CALL chunks and skips the rest (zeros, with
+    the check still made after each); every other operation runs at its real size. The pass's full time is
+    estimated from the chunks' measured mean."""
+    import t2i_core.unet as unet_module
+    table = Table("Cancel at large sizes: the longest gap between two checks in a forward pass (CFG batch of 2 "
+                  "images, fp32); the 16 px presets sampled with the size guard lifted",
+                  ["preset", "size", "attention chunks (computed / all)", "forward s (estimated)",
+                   "longest gap s", "where"])
+    real_kernel = unet_module.attention_kernel
+    chunk_times = []
+    state = {"chunk": 0, "skipped": 0, "in_attention": False}
+    marks = []  # (time, inside an attention call) at each check
+
+    def sampled_kernel(q, k, v, mask):
+        state["chunk"] += 1
+        if state["chunk"] > REAL_CHUNKS_PER_CALL:
+            state["skipped"] += 1
+            return q.new_zeros(*q.shape[:-1], v.shape[-1])
+        t0 = time.perf_counter()
+        out = real_kernel(q, k, v, mask)
+        chunk_times.append(time.perf_counter() - t0)
+        return out
+
+    real_attention = unet_module.attention
+
+    def attention_call(q, k, v, mask=None):
+        state["chunk"] = 0
+        state["in_attention"] = True
+        try:
+            return real_attention(q, k, v, mask)
+        finally:
+            state["in_attention"] = False
+
+    cond, uncond = conditionings()
+    from t2i_core.conditioning import concat_conditionings, match_batch
+    both = concat_conditionings(match_batch(uncond, 2), match_batch(cond, 2))
+    for preset in LARGE_PRESETS[:1] if quick else LARGE_PRESETS:
+        unet = build_unet(preset).eval()
+        prepared = unet.prepare_context(both.context, both.key_mask)
+        for res in (256,) if quick else (256, 512, 1024):
+            state.update(chunk=0, skipped=0, in_attention=False)
+            chunk_times.clear()
+            marks.clear()
+            unet_module.attention_kernel, unet_module.attention = sampled_kernel, attention_call
+            try:
+                with torch.inference_mode(), unet.calling_between_blocks(
+                        lambda: marks.append((time.perf_counter(), state["in_attention"]))):
+                    x = torch.randn(2, 3, res, res)
+                    start = time.perf_counter()
+                    unet(x, torch.tensor([500]), prepared)
+            finally:
+                unet_module.attention_kernel, unet_module.attention = real_kernel, real_attention
+            times = [start] + [m for m, _ in marks]
+            gaps = [(b - a, inside) for a, b, (_, inside) in zip(times, times[1:], marks)]
+            longest, inside = max(gaps)
+            computed = len(chunk_times)
+            mean_chunk = sum(chunk_times) / max(1, computed)
+            forward = times[-1] - start + state["skipped"] * mean_chunk
+            table.add(preset, f"{res}x{res}", f"{computed} / {computed + state['skipped']}", forward, longest,
+                      "ends inside an attention layer" if inside else "ends between blocks")
+            section.summary[f"reliability_large_gap_{preset}_{res}"] = longest
+        del unet
+    section.tables.append(table)
 
 
 if __name__ == "__main__":

@@ -72,12 +72,14 @@ class ComfyServer:
         python: str = sys.executable,
         pack_dir: Path = REPO_ROOT,
         extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ):
         self.base_dir = Path(base_dir)
         self.comfyui_dir = Path(comfyui_dir)
         self.python = python
         self.pack_dir = Path(pack_dir)
         self.extra_args = tuple(extra_args)
+        self.extra_env = dict(env or {})  # set in the server's environment, over this process's
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client_id = uuid.uuid4().hex
@@ -118,7 +120,7 @@ class ComfyServer:
             *self.extra_args,
         ]
         # fmt: on
-        env = dict(os.environ)
+        env = {**os.environ, **self.extra_env}
         env["PYTHONUNBUFFERED"] = "1"  # keep the log complete when the server is killed
         # No network here or in CI: make any hub download fail at once instead
         # of retrying until the test times out.
@@ -177,6 +179,11 @@ class ComfyServer:
         return self.proc is not None and self.proc.poll() is None
 
     # --- logs -----------------------------------------------------------
+
+    def rss_bytes(self) -> int:
+        """The server process's resident memory (Linux /proc)."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) * 1024
 
     def log(self) -> str:
         try:

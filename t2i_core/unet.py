@@ -17,6 +17,7 @@ Three choices matter for a small model:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -150,11 +151,51 @@ def use_matmul_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
     return keys <= MATMUL_ATTENTION_MAX_KEYS
 
 
+# Attention over more query positions than this (a 64x64 level, the most training allows unasked) runs in query
+# chunks, each exact attention over all keys: a 1024 px sample's 512x512-position level is otherwise one kernel
+# call of minutes that Cancel cannot stop, and kernels that store scores grow with the square of the positions.
+# Below it nothing changes. Measurements: docs/RELIABILITY.md, "Cancel at any size".
+CHUNK_ABOVE_QUERIES = 4096
+# Scores (batch x heads x chunk queries x keys) per chunk: 128M, 512 MB in fp32 for a kernel that stores them. It
+# bounds a chunk's memory and its time (4 x 128M x head width FLOPs, a fraction of a second on a CPU). Smaller
+# chunks cost more: each one reads all the keys again (docs/RELIABILITY.md, "Cancel at any size").
+CHUNK_MAX_SCORES = 1 << 27
+
+# Called between attention chunks: TextConditionedUNet.calling_between_blocks sets it with the between-blocks
+# hook (a context variable, so concurrent threads keep their own).
+between_attention_chunks: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "between_attention_chunks", default=None)
+
+
+def attention_chunk_size(q: torch.Tensor, k: torch.Tensor) -> int | None:
+    """Queries per chunk for this call, or None: one call over all of them."""
+    b, heads, n, _ = q.shape
+    if n <= CHUNK_ABOVE_QUERIES:
+        return None
+    chunk = max(1, CHUNK_MAX_SCORES // (b * heads * k.shape[-2]))
+    return chunk if chunk < n else None
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for (B, heads, N, d) queries and (B, heads, L, d) keys and values.
 
     `mask` (B, 1, 1, L): bool, True = attend, or an additive float mask (0 or -inf) of q's dtype, which the U-Net
-    builds once per forward pass. The same function whichever kernel computes it."""
+    builds once per forward pass. The same function whichever kernel computes it. Beyond CHUNK_ABOVE_QUERIES
+    queries it runs chunk by chunk, calling `between_attention_chunks` after each."""
+    chunk = attention_chunk_size(q, k)
+    if chunk is None:
+        return attention_kernel(q, k, v, mask)
+    hook = between_attention_chunks.get()
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    for start in range(0, q.shape[-2], chunk):
+        out[:, :, start:start + chunk] = attention_kernel(q[:, :, start:start + chunk], k, v, mask)
+        if hook is not None:
+            hook()
+    return out
+
+
+def attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """One call of the kernel `use_matmul_attention` picks for these shapes."""
     if use_matmul_attention(q, k):
         scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
         if mask is not None:
@@ -384,11 +425,14 @@ class TextConditionedUNet(nn.Module):
 
     @contextlib.contextmanager
     def calling_between_blocks(self, hook: Callable[[], None] | None):
-        """Sets `between_blocks` for the duration of a with-block (raising from the hook stops forward there)."""
+        """Sets `between_blocks`, and the hook called between attention chunks, for the duration of a with-block
+        (raising from the hook stops forward there)."""
         previous, self.between_blocks = self.between_blocks, hook
+        token = between_attention_chunks.set(hook)
         try:
             yield self
         finally:
+            between_attention_chunks.reset(token)
             self.between_blocks = previous
 
     def stages(self):

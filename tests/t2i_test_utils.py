@@ -1,4 +1,6 @@
-"""Helpers shared by the unit tests."""
+"""Helpers shared by the tests."""
+import os
+
 import pytest
 import torch
 
@@ -42,3 +44,14 @@ def _sprites_fetched() -> bool:
 # the sprites dataset's npm tarballs, fetched by `make setup` into .cache/npm
 needs_sprites = pytest.mark.skipif(not _sprites_fetched(), reason="the sprites dataset's npm tarballs are not in "
                                    ".cache/npm; run make setup (needs npm)")
+
+
+def require_comfyui() -> None:
+    """Skip the test when ComfyUI is not set up (`make setup`), or fail it in CI."""
+    from scripts.comfy_harness import COMFYUI_DIR, comfyui_is_set_up
+    if not comfyui_is_set_up(COMFYUI_DIR):
+        message = f"ComfyUI is not set up at {COMFYUI_DIR}: run `make setup`"
+        # In CI a missing ComfyUI is a broken pipeline, not a reason to go green.
+        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)

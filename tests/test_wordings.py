@@ -2,8 +2,13 @@
 use their words: otherwise bench.language's held-out column would measure nothing new."""
 import re
 
-from evals.wordings import (DIGIT_TEMPLATES, SHAPE_SYNONYMS, all_shapes_captions, digits_wordings,
-                            shapes_wordings)
+from evals.wordings import (
+    DIGIT_TEMPLATES,
+    SHAPE_SYNONYMS,
+    all_shapes_captions,
+    digits_wordings,
+    shapes_wordings,
+)
 from t2i_core.data.builtin import parse_digits_caption, parse_shapes_caption
 
 

@@ -4,19 +4,15 @@ Tests get the running server through the session-scoped ``comfy`` fixture (a scr
 which the demo and bench use too).
 """
 
-import os
 import uuid
 from pathlib import Path
 
 import pytest
+from t2i_test_utils import require_comfyui
 
-from scripts.comfy_harness import COMFYUI_DIR, ComfyServer, comfyui_is_set_up
+from scripts.comfy_harness import ComfyServer
 
 HERE = Path(__file__).resolve().parent
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,12 +25,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory):
-    if not comfyui_is_set_up(COMFYUI_DIR):
-        message = f"ComfyUI is not set up at {COMFYUI_DIR}: run `make setup`"
-        # In CI a missing ComfyUI is a broken pipeline, not a reason to go green.
-        if _in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_comfyui()
     # latent2rgb previews, so KSampler's progress shows the image forming (ComfyUI's default is none)
     server = ComfyServer(base_dir=tmp_path_factory.mktemp("comfy-base"), extra_args=("--preview-method", "latent2rgb"))
     server.start()

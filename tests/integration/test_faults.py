@@ -28,8 +28,9 @@ from integration.test_nodes import (
     run_failing,
     train_prompt,
 )
+from t2i_test_utils import require_comfyui
 
-from scripts.comfy_harness import ComfyServer, comfyui_is_set_up, execution_error
+from scripts.comfy_harness import ComfyServer, execution_error
 
 UMASK = 0o002  # not ComfyUI's usual 022, so a mode that merely matched a default would show
 
@@ -61,10 +62,7 @@ class Faults:
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory):
-    if not comfyui_is_set_up():
-        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:  # as conftest's comfy fixture
-            pytest.fail("ComfyUI is not set up: run `make setup`", pytrace=False)
-        pytest.skip("ComfyUI is not set up: run `make setup`")
+    require_comfyui()
     base = tmp_path_factory.mktemp("faults-base")
     operator_root = tmp_path_factory.mktemp("operator-datasets")
     yaml = base / "extra_model_paths.yaml"

@@ -1,0 +1,136 @@
+"""Attention over many positions runs in query chunks (t2i_core.unet.attention): below CHUNK_ABOVE_QUERIES the
+same single kernel call as before, bit for bit; above it the same values to float rounding, memory bounded by
+CHUNK_MAX_SCORES per chunk, and the cancel hook called between chunks."""
+import pytest
+import torch
+import torch.nn.functional as F
+from t2i_test_utils import make_test_model
+
+from t2i_core import unet as unet_module
+from t2i_core.unet import (
+    CHUNK_ABOVE_QUERIES,
+    CHUNK_MAX_SCORES,
+    attention,
+    attention_chunk_size,
+    attention_kernel,
+    between_attention_chunks,
+)
+
+
+class Stop(Exception):
+    pass
+
+
+def qkv(batch, heads, queries, keys, width=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, heads, queries, width, generator=gen),
+            torch.randn(batch, heads, keys, width, generator=gen),
+            torch.randn(batch, heads, keys, width, generator=gen))
+
+
+def padding_mask(batch, keys, real):
+    """Additive mask (B, 1, 1, L) as the U-Net builds it: the first `real` keys attended."""
+    mask = torch.zeros(batch, 1, 1, keys)
+    mask[..., real:] = float("-inf")
+    return mask
+
+
+def test_at_the_threshold_one_kernel_call_gives_the_same_bits_and_no_hook():
+    calls = []
+    token = between_attention_chunks.set(lambda: calls.append(1))
+    try:
+        q, k, v = qkv(2, 2, CHUNK_ABOVE_QUERIES, CHUNK_ABOVE_QUERIES)
+        assert attention_chunk_size(q, k) is None
+        assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+        q, k, v = qkv(2, 2, CHUNK_ABOVE_QUERIES, 9, seed=1)
+        mask = padding_mask(2, 9, 5)
+        assert torch.equal(attention(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    finally:
+        between_attention_chunks.reset(token)
+    assert calls == []
+
+
+@pytest.mark.parametrize("n,keys,masked", [(96 * 96, "self", False), (704 * 704, 77, True)])
+def test_above_the_threshold_chunks_equal_the_single_call(n, keys, masked):
+    # self-attention over 96x96 positions (both forms fit in memory here), and cross-attention from 704x704
+    # positions to a padded caption
+    q, k, v = qkv(2, 2, n, n if keys == "self" else keys, seed=2)
+    mask = padding_mask(2, k.shape[-2], k.shape[-2] // 2) if masked else None
+    chunk = attention_chunk_size(q, k)
+    assert chunk is not None and chunk < n
+    assert 2 * 2 * chunk * k.shape[-2] <= CHUNK_MAX_SCORES  # a chunk's scores stay within the budget
+    calls = []
+    token = between_attention_chunks.set(lambda: calls.append(1))
+    try:
+        chunked = attention(q, k, v, mask)
+    finally:
+        between_attention_chunks.reset(token)
+    assert len(calls) == -(-n // chunk)
+    single = attention_kernel(q, k, v, mask)
+    torch.testing.assert_close(chunked, single, rtol=1e-5, atol=1e-6)
+
+
+def test_the_chunk_size_keeps_memory_linear_in_the_queries():
+    # more queries, same keys: the same chunk, so the same peak scores; more keys: smaller chunks
+    small, large = qkv(1, 2, 8192, 64), qkv(1, 2, 65536, 64)
+    assert attention_chunk_size(small[0], small[1]) == attention_chunk_size(large[0], large[1])
+    q, k, _ = qkv(1, 2, 65536, 65536, width=1)
+    assert attention_chunk_size(q, k) * 2 * 65536 <= CHUNK_MAX_SCORES
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunking from 16 queries on, 4 queries' worth of scores a chunk: a test model's 32 px level chunks."""
+    monkeypatch.setattr(unet_module, "CHUNK_ABOVE_QUERIES", 16)
+    monkeypatch.setattr(unet_module, "CHUNK_MAX_SCORES", 4 * 2 * 2 * 256)
+
+
+def unet_inputs():
+    gen = torch.Generator().manual_seed(3)
+    return (torch.randn(2, 3, 32, 32, generator=gen), torch.tensor([400, 700]), torch.randn(2, 6, 32, generator=gen),
+            torch.tensor([[True] * 4 + [False] * 2, [True] * 6]))
+
+
+def test_the_unet_forward_and_gradients_agree_chunked_and_whole(small_chunks, monkeypatch):
+    model = make_test_model()
+    x, t, context, key_mask = unet_inputs()
+    calls = []
+
+    def forward_backward():
+        model.unet.zero_grad(set_to_none=True)
+        with model.unet.calling_between_blocks(lambda: calls.append(1)):
+            out = model.unet(x, t, context, key_mask)
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in model.unet.parameters() if p.grad is not None]
+
+    chunked_out, chunked_grads = forward_backward()
+    blocks = len(model.unet.down) + len(model.unet.mid) + len(model.unet.up)
+    assert len(calls) > blocks  # chunk boundaries as well as block boundaries
+    monkeypatch.setattr(unet_module, "CHUNK_ABOVE_QUERIES", 1 << 30)
+    calls.clear()
+    whole_out, whole_grads = forward_backward()
+    assert len(calls) == blocks
+    torch.testing.assert_close(chunked_out, whole_out, rtol=1e-5, atol=1e-6)
+    for a, b in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_raising_between_chunks_stops_inside_an_attention_layer(small_chunks):
+    model = make_test_model()
+    x, t, context, key_mask = unet_inputs()
+    blocks, chunks = [], []
+
+    def chunk_hook():
+        chunks.append(1)
+        if len(chunks) == 2:
+            raise Stop
+
+    with torch.no_grad(), pytest.raises(Stop), model.unet.calling_between_blocks(lambda: blocks.append(1)):
+        token = between_attention_chunks.set(chunk_hook)  # told apart from the block hook
+        try:
+            model.unet(x, t, context, key_mask)
+        finally:
+            between_attention_chunks.reset(token)
+    # the level-0 ResBlock and the downsample ran; the first attention layer stopped after its second chunk
+    assert len(blocks) == 2 and len(chunks) == 2
+    assert between_attention_chunks.get() is None  # the with-block leaves no hook behind
