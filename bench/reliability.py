@@ -128,7 +128,7 @@ def cancel_gaps_at_large_sizes(section: Section, quick: bool) -> None:
     table = Table("Cancel at large sizes: the longest gap between two checks in a forward pass (CFG batch of 2 "
                   "images, fp32); the 16 px presets sampled with the size guard lifted",
                   ["preset", "size", "attention chunks (computed / all)", "forward s (estimated)",
-                   "longest gap s", "where"])
+                   "longest gap s", "the longest gap ends"])
     real_kernel = unet_module.attention_kernel
     chunk_times = []
     state = {"chunk": 0, "skipped": 0, "in_attention": False}
@@ -180,7 +180,7 @@ def cancel_gaps_at_large_sizes(section: Section, quick: bool) -> None:
             mean_chunk = sum(chunk_times) / max(1, computed)
             forward = times[-1] - start + state["skipped"] * mean_chunk
             table.add(preset, f"{res}x{res}", f"{computed} / {computed + state['skipped']}", forward, longest,
-                      "ends inside an attention layer" if inside else "ends between blocks")
+                      "between attention chunks" if inside else "between blocks or their parts")
             section.summary[f"reliability_large_gap_{preset}_{res}"] = longest
         del unet
     section.tables.append(table)

@@ -161,8 +161,13 @@ CHUNK_ABOVE_QUERIES = 4096
 # chunks cost more: each one reads all the keys again (docs/RELIABILITY.md, "Cancel at any size").
 CHUNK_MAX_SCORES = 1 << 27
 
-# Called between attention chunks: TextConditionedUNet.calling_between_blocks sets it with the between-blocks
-# hook (a context variable, so concurrent threads keep their own).
+# Above this many positions per image at the first level (256x256 at patch size 1), forward runs one
+# conditioning row at a time: at 1024 px a single convolution or feed-forward over a CFG batch of 4 takes seconds
+# on a CPU, a quarter of that for one row (docs/RELIABILITY.md, "Cancel at any size"). Below it, one batched pass.
+ROW_BY_ROW_ABOVE_POSITIONS = 1 << 16
+
+# Called between attention chunks and between the parts of a block: TextConditionedUNet.calling_between_blocks
+# sets it with the between-blocks hook (a context variable, so concurrent threads keep their own).
 between_attention_chunks: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
     "between_attention_chunks", default=None)
 
@@ -268,8 +273,13 @@ class TransformerBlock(nn.Module):
         self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim)
 
     def forward(self, x, context, key_mask=None, kv=None):
+        check = between_attention_chunks.get()
         x = x + self.attn1(self.norm1(x))
+        if check is not None:
+            check()
         x = x + self.attn2(self.norm2(x), context, key_mask, kv)
+        if check is not None:
+            check()
         return x + self.ff(self.norm3(x))
 
 
@@ -343,6 +353,9 @@ class UNetStage(nn.Module):
     def forward(self, x, temb, context, key_mask, kv_iter):
         x = self.res(x, temb)
         if self.attn is not None:
+            check = between_attention_chunks.get()
+            if check is not None:
+                check()
             if x.shape[0] < context.shape[0]:  # x shared by several conditionings: widen it where the text enters
                 x = x.repeat(context.shape[0] // x.shape[0], 1, 1, 1)
             x = self.attn(x, context, key_mask, None if kv_iter is None else next(kv_iter))
@@ -474,6 +487,15 @@ class TextConditionedUNet(nn.Module):
         t = t.reshape(-1)
         if t.shape[0] not in (1, batch):
             raise ValueError(f"{t.shape[0]} timesteps for {batch} images: give one, or one per image")
+        rows = max(ctx.shape[0], batch)
+        if rows > 1 and x.shape[-2] * x.shape[-1] // self.cfg.patch_size ** 2 > ROW_BY_ROW_ABOVE_POSITIONS:
+            # row j reads image j % batch, as the batched pass does
+            outs = []
+            for j in range(rows):
+                i = j % batch
+                outs.append(self(x[i:i + 1], t[i:i + 1] if t.shape[0] > 1 else t,
+                                 prepared.select(slice(j, j + 1)) if ctx.shape[0] > 1 else prepared))
+            return torch.cat(outs)
 
         # one timestep for the batch (sampling): embed it once and let it broadcast
         temb = F.silu(self.time_embed(timestep_embedding(t, self.cfg.base_channels).to(x.dtype)))

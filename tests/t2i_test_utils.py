@@ -55,3 +55,10 @@ def require_comfyui() -> None:
         if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
+
+
+def cancel_checks_per_forward(unet) -> int:
+    """How often an unchunked forward pass calls the cancel hook: after every block of the down, middle and up
+    paths, before each attention layer of a stage, and between the parts of each transformer block."""
+    blocks = len(unet.down) + len(unet.mid) + len(unet.up)
+    return blocks + sum(1 + 2 * len(stage.attn.blocks) for stage in unet.stages() if stage.attn is not None)

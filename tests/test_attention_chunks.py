@@ -1,10 +1,11 @@
-"""Attention over many positions runs in query chunks (t2i_core.unet.attention): below CHUNK_ABOVE_QUERIES the
-same single kernel call as before, bit for bit; above it the same values to float rounding, memory bounded by
-CHUNK_MAX_SCORES per chunk, and the cancel hook called between chunks."""
+"""Large sizes. Attention over many positions runs in query chunks (t2i_core.unet.attention): below
+CHUNK_ABOVE_QUERIES the same single kernel call as before, bit for bit; above it the same values to float
+rounding, memory bounded by CHUNK_MAX_SCORES per chunk, and the cancel hook called between chunks. Above
+ROW_BY_ROW_ABOVE_POSITIONS the U-Net runs one conditioning row at a time, with the same output."""
 import pytest
 import torch
 import torch.nn.functional as F
-from t2i_test_utils import make_test_model
+from t2i_test_utils import cancel_checks_per_forward, make_test_model
 
 from t2i_core import unet as unet_module
 from t2i_core.unet import (
@@ -104,12 +105,12 @@ def test_the_unet_forward_and_gradients_agree_chunked_and_whole(small_chunks, mo
         return out.detach(), [p.grad.clone() for p in model.unet.parameters() if p.grad is not None]
 
     chunked_out, chunked_grads = forward_backward()
-    blocks = len(model.unet.down) + len(model.unet.mid) + len(model.unet.up)
-    assert len(calls) > blocks  # chunk boundaries as well as block boundaries
+    unchunked_checks = cancel_checks_per_forward(model.unet)
+    assert len(calls) > unchunked_checks  # chunk boundaries as well
     monkeypatch.setattr(unet_module, "CHUNK_ABOVE_QUERIES", 1 << 30)
     calls.clear()
     whole_out, whole_grads = forward_backward()
-    assert len(calls) == blocks
+    assert len(calls) == unchunked_checks
     torch.testing.assert_close(chunked_out, whole_out, rtol=1e-5, atol=1e-6)
     for a, b in zip(chunked_grads, whole_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -122,7 +123,7 @@ def test_raising_between_chunks_stops_inside_an_attention_layer(small_chunks):
 
     def chunk_hook():
         chunks.append(1)
-        if len(chunks) == 2:
+        if len(chunks) == 3:
             raise Stop
 
     with torch.no_grad(), pytest.raises(Stop), model.unet.calling_between_blocks(lambda: blocks.append(1)):
@@ -131,6 +132,24 @@ def test_raising_between_chunks_stops_inside_an_attention_layer(small_chunks):
             model.unet(x, t, context, key_mask)
         finally:
             between_attention_chunks.reset(token)
-    # the level-0 ResBlock and the downsample ran; the first attention layer stopped after its second chunk
-    assert len(blocks) == 2 and len(chunks) == 2
+    # the level-0 ResBlock and the downsample ran; then the check before the first attention layer, and that layer
+    # stopped after its second chunk
+    assert len(blocks) == 2 and len(chunks) == 3
     assert between_attention_chunks.get() is None  # the with-block leaves no hook behind
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_row_by_row_at_large_sizes_equals_the_batched_pass(monkeypatch, shared):
+    # shared: 2 images read by 4 conditionings ([uncond; cond] as the sampler passes them, a PreparedContext)
+    model = make_test_model()
+    x, t, context, key_mask = unet_inputs()
+    if shared:
+        context, key_mask = torch.cat([context, context.flip(0)]), torch.cat([key_mask, key_mask.flip(0)])
+        context = model.unet.prepare_context(context, key_mask)
+        key_mask = None
+    with torch.no_grad():
+        batched = model.unet(x, t, context, key_mask)
+        monkeypatch.setattr(unet_module, "ROW_BY_ROW_ABOVE_POSITIONS", 16 * 16)
+        row_by_row = model.unet(x, t, context, key_mask)
+    assert batched.shape[0] == (4 if shared else 2)
+    torch.testing.assert_close(row_by_row, batched, rtol=1e-4, atol=1e-5)  # outputs of size ~1: float rounding

@@ -2,7 +2,7 @@
 the U-Net's between_blocks hook lets a caller stop a forward pass between blocks (ComfyUI's Cancel)."""
 import pytest
 import torch
-from t2i_test_utils import TEST_TEXT_CONFIG, make_test_model
+from t2i_test_utils import TEST_TEXT_CONFIG, cancel_checks_per_forward, make_test_model
 
 from t2i_core import TextEncoderSpec, build_text_encoder
 from t2i_core.data import make_shapes_dataset
@@ -33,8 +33,9 @@ def test_hook_runs_between_every_block_and_not_after_the_context():
         with unet.calling_between_blocks(lambda: calls.append(1)):
             hooked = unet(x, t, context)
         after = unet(x, t, context)
-    # every module of the down, middle and up paths, downsample and upsample included
-    assert len(calls) == len(unet.down) + len(unet.mid) + len(unet.up)
+    # every module of the down, middle and up paths, downsample and upsample included, and inside the stages
+    # that attend
+    assert len(calls) == cancel_checks_per_forward(unet)
     assert torch.equal(plain, hooked) and torch.equal(plain, after)
     assert unet.between_blocks is None
 

@@ -73,8 +73,12 @@ def test_text_to_image_template_runs(comfy, trained_by_template):
     name, _, _ = trained_by_template
     prompt = tiny(api_workflow("text_to_image"), name)
     set_inputs(prompt, "T2IMiniCheckpointLoader", ckpt_name=f"{name}.safetensors")
-    images = saved_images(comfy, comfy.run(prompt, timeout=120), prompt, "text_to_image")
+    entry = comfy.run(prompt, timeout=120)
+    images = saved_images(comfy, entry, prompt, "text_to_image")
     assert [im.size for im in images] == [(128, 128)] * 4
+    # the template's MiniLM encoder comes back from its package: Load Checkpoint names nothing to connect
+    [loader] = [k for k, n in prompt.items() if n["class_type"] == "T2IMiniCheckpointLoader"]
+    assert not entry["outputs"].get(loader, {}).get("text"), entry["outputs"][loader]
 
 
 def test_guidance_sweep_template_runs(comfy, trained_by_template):
