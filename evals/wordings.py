@@ -7,7 +7,13 @@ against the second. No wording below appears in the captions t2i_core.data.built
 """
 from __future__ import annotations
 
-from t2i_core.data.builtin import DIGIT_WORDS, SHAPES_VOCAB, digits_caption, parse_shapes_caption, shapes_caption
+from t2i_core.data.builtin import (
+    DIGIT_WORDS,
+    SHAPES_VOCAB,
+    digits_caption,
+    parse_shapes_caption,
+    shapes_caption,
+)
 
 # digits: numerals, other nouns and other word orders; {n} is the numeral, {w} the word
 DIGIT_TEMPLATES = (
