@@ -17,7 +17,6 @@ Three choices matter for a small model:
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -25,6 +24,8 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .cancel import calling, check_cancel, current_check
 
 
 @dataclass
@@ -166,11 +167,6 @@ CHUNK_MAX_SCORES = 1 << 27
 # on a CPU, a quarter of that for one row (docs/RELIABILITY.md, "Cancel at any size"). Below it, one batched pass.
 ROW_BY_ROW_ABOVE_POSITIONS = 1 << 16
 
-# Called between attention chunks and between the parts of a block: TextConditionedUNet.calling_between_blocks
-# sets it with the between-blocks hook (a context variable, so concurrent threads keep their own).
-between_attention_chunks: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
-    "between_attention_chunks", default=None)
-
 
 def attention_chunk_size(q: torch.Tensor, k: torch.Tensor) -> int | None:
     """Queries per chunk for this call, or None: one call over all of them."""
@@ -186,11 +182,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 
     `mask` (B, 1, 1, L): bool, True = attend, or an additive float mask (0 or -inf) of q's dtype, which the U-Net
     builds once per forward pass. The same function whichever kernel computes it. Beyond CHUNK_ABOVE_QUERIES
-    queries it runs chunk by chunk, calling `between_attention_chunks` after each."""
+    queries it runs chunk by chunk, checking Cancel (t2i_core.cancel) after each."""
     chunk = attention_chunk_size(q, k)
     if chunk is None:
         return attention_kernel(q, k, v, mask)
-    hook = between_attention_chunks.get()
+    hook = current_check()
     out = q.new_empty(*q.shape[:-1], v.shape[-1])
     for start in range(0, q.shape[-2], chunk):
         out[:, :, start:start + chunk] = attention_kernel(q[:, :, start:start + chunk], k, v, mask)
@@ -273,13 +269,10 @@ class TransformerBlock(nn.Module):
         self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim)
 
     def forward(self, x, context, key_mask=None, kv=None):
-        check = between_attention_chunks.get()
         x = x + self.attn1(self.norm1(x))
-        if check is not None:
-            check()
+        check_cancel()
         x = x + self.attn2(self.norm2(x), context, key_mask, kv)
-        if check is not None:
-            check()
+        check_cancel()
         return x + self.ff(self.norm3(x))
 
 
@@ -353,9 +346,7 @@ class UNetStage(nn.Module):
     def forward(self, x, temb, context, key_mask, kv_iter):
         x = self.res(x, temb)
         if self.attn is not None:
-            check = between_attention_chunks.get()
-            if check is not None:
-                check()
+            check_cancel()
             if x.shape[0] < context.shape[0]:  # x shared by several conditionings: widen it where the text enters
                 x = x.repeat(context.shape[0] // x.shape[0], 1, 1, 1)
             x = self.attn(x, context, key_mask, None if kv_iter is None else next(kv_iter))
@@ -438,14 +429,13 @@ class TextConditionedUNet(nn.Module):
 
     @contextlib.contextmanager
     def calling_between_blocks(self, hook: Callable[[], None] | None):
-        """Sets `between_blocks`, and the hook called between attention chunks, for the duration of a with-block
-        (raising from the hook stops forward there)."""
+        """Sets `between_blocks`, and the Cancel check inside blocks (t2i_core.cancel), for the duration of a
+        with-block (raising from the hook stops forward there)."""
         previous, self.between_blocks = self.between_blocks, hook
-        token = between_attention_chunks.set(hook)
         try:
-            yield self
+            with calling(hook):
+                yield self
         finally:
-            between_attention_chunks.reset(token)
             self.between_blocks = previous
 
     def stages(self):

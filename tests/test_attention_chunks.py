@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from t2i_test_utils import cancel_checks_per_forward, make_test_model
 
+from t2i_core import cancel
 from t2i_core import unet as unet_module
 from t2i_core.unet import (
     CHUNK_ABOVE_QUERIES,
@@ -14,7 +15,6 @@ from t2i_core.unet import (
     attention,
     attention_chunk_size,
     attention_kernel,
-    between_attention_chunks,
 )
 
 
@@ -38,16 +38,13 @@ def padding_mask(batch, keys, real):
 
 def test_at_the_threshold_one_kernel_call_gives_the_same_bits_and_no_hook():
     calls = []
-    token = between_attention_chunks.set(lambda: calls.append(1))
-    try:
+    with cancel.calling(lambda: calls.append(1)):
         q, k, v = qkv(2, 2, CHUNK_ABOVE_QUERIES, CHUNK_ABOVE_QUERIES)
         assert attention_chunk_size(q, k) is None
         assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
         q, k, v = qkv(2, 2, CHUNK_ABOVE_QUERIES, 9, seed=1)
         mask = padding_mask(2, 9, 5)
         assert torch.equal(attention(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
-    finally:
-        between_attention_chunks.reset(token)
     assert calls == []
 
 
@@ -61,11 +58,8 @@ def test_above_the_threshold_chunks_equal_the_single_call(n, keys, masked):
     assert chunk is not None and chunk < n
     assert 2 * 2 * chunk * k.shape[-2] <= CHUNK_MAX_SCORES  # a chunk's scores stay within the budget
     calls = []
-    token = between_attention_chunks.set(lambda: calls.append(1))
-    try:
+    with cancel.calling(lambda: calls.append(1)):
         chunked = attention(q, k, v, mask)
-    finally:
-        between_attention_chunks.reset(token)
     assert len(calls) == -(-n // chunk)
     single = attention_kernel(q, k, v, mask)
     torch.testing.assert_close(chunked, single, rtol=1e-5, atol=1e-6)
@@ -126,16 +120,14 @@ def test_raising_between_chunks_stops_inside_an_attention_layer(small_chunks):
         if len(chunks) == 3:
             raise Stop
 
-    with torch.no_grad(), pytest.raises(Stop), model.unet.calling_between_blocks(lambda: blocks.append(1)):
-        token = between_attention_chunks.set(chunk_hook)  # told apart from the block hook
-        try:
-            model.unet(x, t, context, key_mask)
-        finally:
-            between_attention_chunks.reset(token)
+    # the block hook and the check inside blocks told apart: the inner with-block replaces the latter
+    with torch.no_grad(), pytest.raises(Stop), model.unet.calling_between_blocks(lambda: blocks.append(1)), \
+            cancel.calling(chunk_hook):
+        model.unet(x, t, context, key_mask)
     # the level-0 ResBlock and the downsample ran; then the check before the first attention layer, and that layer
     # stopped after its second chunk
     assert len(blocks) == 2 and len(chunks) == 3
-    assert between_attention_chunks.get() is None  # the with-block leaves no hook behind
+    assert cancel.current_check() is None  # the with-blocks leave no check behind
 
 
 @pytest.mark.parametrize("shared", [False, True])
