@@ -6,7 +6,8 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..t2i_core import SAMPLERS, PixelCodec, VAECodec, latent_shape, make_noise, match_batch, sample
+from ..t2i_core import SAMPLERS, PixelCodec, VAECodec, cancel, latent_shape, make_noise, match_batch, sample
+from ..t2i_core.codecs import decode_in_pieces
 from ..t2i_core.devices import PRECISIONS
 from ..t2i_core.external import check_same_part
 from ..t2i_core.geometry import image_size
@@ -244,8 +245,9 @@ class Decode(Node):
         device = mm.get_torch_device() if own_vae else torch.device("cpu")
         codec.to(device)
         try:
-            with torch.inference_mode():
-                images = codec.decode_raw(latent.to(device))
+            # Cancel holds between images and, for the pack's own VAEs, between decoder blocks
+            with torch.inference_mode(), cancel.calling(mm.throw_exception_if_processing_interrupted):
+                images = decode_in_pieces(codec, latent.to(device))
         finally:
             if own_vae and device.type != "cpu":
                 codec.to(mm.vae_offload_device())

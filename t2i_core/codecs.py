@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .cancel import check_cancel
 from .conditioning import Codec
 from .data.cache import module_digest
 from .files import state_dict_problems
@@ -76,6 +77,23 @@ class PixelCodec(nn.Module):
         return self.decode(latent)
 
 
+DECODER_BLOCKS = ("ResnetBlock2D", "Attention", "Upsample2D")  # diffusers' names for the decoder's blocks
+# Latents of more positions than this (a 512 px image from an SD VAE) are decoded one image at a time, with a
+# Cancel check between images; smaller batches in one call, as before
+DECODE_ONE_BY_ONE_ABOVE_POSITIONS = 64 * 64
+
+
+def decode_in_pieces(codec: Codec, latent: torch.Tensor) -> torch.Tensor:
+    """codec.decode_raw(latent), one image at a time when they are large, checking Cancel between them."""
+    if latent.shape[0] == 1 or latent.shape[-2] * latent.shape[-1] <= DECODE_ONE_BY_ONE_ABOVE_POSITIONS:
+        return codec.decode_raw(latent)
+    images = []
+    for i in range(latent.shape[0]):
+        images.append(codec.decode_raw(latent[i:i + 1]))
+        check_cancel()
+    return torch.cat(images)
+
+
 class VAECodec(LatentScale, nn.Module):
     """A diffusers AutoencoderKL (Stable Diffusion's VAE family), frozen. A checkpoint embeds its weights."""
 
@@ -90,6 +108,11 @@ class VAECodec(LatentScale, nn.Module):
         self.factor = 2 ** (len(cfg.block_out_channels) - 1)
         self.source = source  # the file it was read from, for the record
         self._id: str | None = None
+        # Cancel is checked before each decoder block (t2i_core.cancel; one lookup when unset): an SD-sized VAE
+        # spends seconds in one block at 1024 px on a CPU
+        for block in self.vae.decoder.modules():
+            if type(block).__name__ in DECODER_BLOCKS:
+                block.register_forward_pre_hook(lambda *_: check_cancel())
 
     @property
     def spec(self) -> dict:

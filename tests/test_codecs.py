@@ -4,6 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from t2i_core import cancel
 from t2i_core.codecs import CodecError, PixelCodec, load_vae, vae_from_config
 
 TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
@@ -55,3 +56,38 @@ def test_load_vae_errors_name_the_file(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(CodecError, match="bad.safetensors"):
         load_vae(bad)
+
+
+# ---- Cancel at large sizes ----
+
+class Stop(Exception):
+    pass
+
+
+def test_large_latents_decode_one_image_at_a_time_with_the_same_images(monkeypatch):
+    from t2i_core import codecs
+    codec = vae_from_config(TINY_VAE)
+    latent = torch.randn(3, 4, 8, 8)
+    batched = codec.decode_raw(latent)
+    assert torch.equal(codecs.decode_in_pieces(codec, latent), batched)  # at or below the threshold: one call
+    monkeypatch.setattr(codecs, "DECODE_ONE_BY_ONE_ABOVE_POSITIONS", 16)
+    calls = []
+    with cancel.calling(lambda: calls.append(1)):
+        pieces = codecs.decode_in_pieces(codec, latent)
+    torch.testing.assert_close(pieces, batched, rtol=1e-5, atol=1e-6)
+    blocks = sum(type(m).__name__ in codecs.DECODER_BLOCKS for m in codec.vae.decoder.modules())
+    assert blocks > 0 and len(calls) == 3 * blocks + 3  # before every decoder block, and after every image
+
+
+def test_raising_from_the_check_stops_a_decode_inside_the_vae():
+    codec = vae_from_config(TINY_VAE)
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 2:
+            raise Stop
+
+    with cancel.calling(check), pytest.raises(Stop):
+        codec.decode_raw(torch.randn(1, 4, 8, 8))
+    assert cancel.current_check() is None
