@@ -25,7 +25,7 @@ import comfy.supported_models_base
 import torch
 
 from ..t2i_core import PixelCodec, T2IModel
-from ..t2i_core.devices import autocast
+from ..t2i_core.devices import autocast, release_freed_memory
 
 COMFY_BETA_SCHEDULES = {"scaled_linear": "linear", "linear": "sqrt_linear", "cosine": "cosine"}
 PIXEL_RGB_FACTORS = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
@@ -99,8 +99,12 @@ class DiffusionModel(torch.nn.Module):
                         override=f"sample with the Guided DDIM Sampler and allow_large_sizes on (for KSampler, the "
                                  f"server's operator can set {ALLOW_LARGE_SIZES_ENV}=1)")
         check_cancel = self.unet.calling_between_blocks(mm.throw_exception_if_processing_interrupted)
-        with autocast(x.device, precision), check_cancel:
-            return self.unet(x, timesteps, context, key_mask).float()
+        try:
+            with autocast(x.device, precision), check_cancel:
+                return self.unet(x, timesteps, context, key_mask).float()
+        except BaseException:
+            release_freed_memory()  # a cancelled large sample leaves gigabytes freed but held
+            raise
 
 
 class T2IMiniBaseModel(comfy.model_base.BaseModel):

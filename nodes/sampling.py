@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..t2i_core import SAMPLERS, PixelCodec, VAECodec, cancel, latent_shape, make_noise, match_batch, sample
 from ..t2i_core.codecs import decode_in_pieces
-from ..t2i_core.devices import PRECISIONS
+from ..t2i_core.devices import PRECISIONS, release_freed_memory
 from ..t2i_core.external import check_same_part
 from ..t2i_core.geometry import image_size
 from .comfy_format import (
@@ -202,6 +202,9 @@ class GuidedSampler(Node):
                 out = sample(model.unet, model.schedule, z.to(device), cond, uncond, steps=steps, guidance_scale=cfg,
                              sampler=sampler_name, eta=eta, guidance_rescale=guidance_rescale, precision=precision,
                              guidance_interval=(guidance_start, guidance_end), callback=callback)
+        except BaseException:
+            release_freed_memory()  # a cancelled large sample leaves gigabytes freed but held
+            raise
         finally:
             if device.type != "cpu":
                 model.to(mm.unet_offload_device())

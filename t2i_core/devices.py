@@ -50,3 +50,15 @@ def autocast(device: torch.device | str, precision: str):
     if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's freed pages back to the system (glibc's malloc_trim; nothing elsewhere). A cancelled
+    large sample frees gigabytes of activations, which glibc's arenas may otherwise keep for the process."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

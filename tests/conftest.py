@@ -4,6 +4,21 @@
 import pytest
 from t2i_test_utils import make_test_model
 
+MEASURED: list[str] = []  # lines the `measured` fixture collects, printed at the end of every run
+
+
+@pytest.fixture
+def measured():
+    """measured(line): a figure a test measured, shown in the run's summary even when output is captured (CI)."""
+    return MEASURED.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED:
+        terminalreporter.section("measured by the tests")
+        for line in MEASURED:
+            terminalreporter.write_line(line)
+
 
 @pytest.fixture
 def test_model():

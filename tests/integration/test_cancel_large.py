@@ -56,7 +56,8 @@ def workflow(name: str, ckpt: str, size: int, batch: int) -> dict:
 
 
 @pytest.mark.parametrize("name", ["text_to_image", "text_to_image_ksampler"])
-def test_cancel_a_1024_px_batch_2_sample_frees_the_queue_within_2_s(large_sizes_server, micro_model, name):
+def test_cancel_a_1024_px_batch_2_sample_frees_the_queue_within_2_s(large_sizes_server, micro_model, name,
+                                                                  measured):
     server = large_sizes_server
     small = workflow(name, micro_model, 16, 2)
     server.run(copy.deepcopy(small), timeout=120)  # model loaded and caches warm: the memory to come back to
@@ -75,8 +76,8 @@ def test_cancel_a_1024_px_batch_2_sample_frees_the_queue_within_2_s(large_sizes_
         assert time.monotonic() - ended < 30, f"the queue still holds {queue['queue_running']}"
         time.sleep(0.05)
     seconds += time.monotonic() - ended
-    print(f"\n{name}: 1024x1024 batch 2 cancelled {CANCEL_AFTER_S:g} s into the sampler; the queue was free "
-          f"{seconds:.2f} s after /interrupt")
+    measured(f"{name}: 1024x1024 batch 2 cancelled {CANCEL_AFTER_S:g} s into the sampler; the queue was free "
+             f"{seconds:.2f} s after /interrupt")
     assert seconds <= QUEUE_FREE_WITHIN_S, f"Cancel took {seconds:.2f} s"
 
     t0 = time.monotonic()
@@ -86,7 +87,8 @@ def test_cancel_a_1024_px_batch_2_sample_frees_the_queue_within_2_s(large_sizes_
     while server.rss_bytes() > rss_before * (1 + RSS_WITHIN) and time.monotonic() < deadline:
         time.sleep(0.5)
     rss_after = server.rss_bytes()
-    print(f"{name}: next prompt done in {next_s:.1f} s; server RSS {rss_before / 2**20:.0f} MiB before, "
-          f"{rss_peak_seen / 2**20:.0f} MiB just after the cancel, {rss_after / 2**20:.0f} MiB after the next prompt")
+    measured(f"{name}: next prompt done in {next_s:.1f} s; server RSS {rss_before / 2**20:.0f} MiB before, "
+             f"{rss_peak_seen / 2**20:.0f} MiB just after the cancel, {rss_after / 2**20:.0f} MiB after the next "
+             "prompt")
     assert rss_after <= rss_before * (1 + RSS_WITHIN), (rss_before, rss_after)
     assert_still_serving(server)
