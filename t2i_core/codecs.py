@@ -108,8 +108,8 @@ class VAECodec(LatentScale, nn.Module):
         self.factor = 2 ** (len(cfg.block_out_channels) - 1)
         self.source = source  # the file it was read from, for the record
         self._id: str | None = None
-        # Cancel is checked before each decoder block (t2i_core.cancel; one lookup when unset): an SD-sized VAE
-        # spends seconds in one block at 1024 px on a CPU
+        # Cancel is checked before each decoder block (t2i_core.cancel; one lookup when unset), so a large decode
+        # stops within one block instead of one whole image
         for block in self.vae.decoder.modules():
             if type(block).__name__ in DECODER_BLOCKS:
                 block.register_forward_pre_hook(lambda *_: check_cancel())

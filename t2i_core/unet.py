@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cancel import calling, check_cancel, current_check
+from .cancel import calling, check_cancel
 
 
 @dataclass
@@ -163,8 +163,8 @@ CHUNK_ABOVE_QUERIES = 4096
 CHUNK_MAX_SCORES = 1 << 27
 
 # Above this many positions per image at the first level (256x256 at patch size 1), forward runs one
-# conditioning row at a time: at 1024 px a single convolution or feed-forward over a CFG batch of 4 takes seconds
-# on a CPU, a quarter of that for one row (docs/RELIABILITY.md, "Cancel at any size"). Below it, one batched pass.
+# conditioning row at a time, so the longest single operation (a level-0 convolution, a feed-forward) covers one
+# row, not a whole CFG batch (docs/RELIABILITY.md, "Cancel at any size"). Below it, one batched pass.
 ROW_BY_ROW_ABOVE_POSITIONS = 1 << 16
 
 
@@ -186,12 +186,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     chunk = attention_chunk_size(q, k)
     if chunk is None:
         return attention_kernel(q, k, v, mask)
-    hook = current_check()
     out = q.new_empty(*q.shape[:-1], v.shape[-1])
     for start in range(0, q.shape[-2], chunk):
         out[:, :, start:start + chunk] = attention_kernel(q[:, :, start:start + chunk], k, v, mask)
-        if hook is not None:
-            hook()
+        check_cancel()
     return out
 
 

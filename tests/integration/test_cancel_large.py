@@ -22,7 +22,7 @@ from t2i_test_utils import require_comfyui
 
 from scripts.comfy_harness import ComfyServer
 
-CANCEL_AFTER_S = 5.0  # into the sampler: past the first blocks, inside the 512x512-position attention
+CANCEL_AFTER_S = 5.0  # into the sampler: well inside the first step (`not progress` below checks that)
 QUEUE_FREE_WITHIN_S = 2.0
 RSS_WITHIN = 0.10
 
