@@ -24,9 +24,8 @@ from .images import numpy_images
 
 RETRIEVAL_COMPONENTS = 64
 TOP_K = 5
-# 257 of the 324 sprites the bench prompts (real_halves' first half, at 32 px) clear it. A tiny-patch2 model trained
-# 30 minutes on a 2-core Zen 4 (bf16), whose samples' nearest training sprite was always the captioned one, read the
-# caption's colour in 51-73% of the rest and 90-94% of these
+# A sprite whose own colour wins its vote by this margin has a colour a judge can call; below it neighbouring hues
+# (orange and brown, purple and pink) decide the call (docs/QUALITY.md, "sprites", the clear-calls column)
 CLEAR_MARGIN = 0.2
 
 

@@ -26,9 +26,8 @@ SAMPLING = f"{CATEGORY}/sampling"
 MAX_SIZE = 8192
 SEED_SPACE = 2**64
 VAE_PREVIEW_MAX_CELLS = 32 * 32  # decode VAE previews only for latents this small (a full SD decode costs seconds)
-# A preview (grid, upscale to 512 px, JPEG) costs a few ms in the server: with one every step instead of about
-# eight per run, a 25-step batch-4 run of the tiny model took 2-3% longer (bench/comfy_overhead.py). Eight still
-# show the image forming.
+# A preview (grid, upscale to 512 px, JPEG) costs a few ms in the server, so about eight per run, which still show
+# the image forming (docs/PERFORMANCE.md, "ComfyUI overhead").
 PREVIEWS_PER_RUN = 8
 
 

@@ -113,7 +113,7 @@ class Train(Node):
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
                                tooltip="auto: bf16 autocast where the device runs it natively, else fp32."),
                 io.Boolean.Input("compile", default=False, optional=True,
-                                 tooltip="torch.compile the U-Net for training: on a GPU about 1.3x faster steps after "
+                                 tooltip="torch.compile the U-Net for training: faster steps on a GPU after "
                                          "a few minutes of compiling, so for long runs; on CPUs usually slower."),
                 io.Boolean.Input("allow_large_sizes", default=False, optional=True,
                                  tooltip="Off: refuse a resolution whose largest attention layer has over 4096 "

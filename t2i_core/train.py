@@ -72,25 +72,19 @@ class TrainConfig:
     grad_clip: float = 1.0
     cfg_dropout: float = 0.1
     ema_decay: float = 0.999
-    # Min-SNR-gamma weighting, 0 = off (the plain loss, the default). In x0 terms the plain v loss weights a
-    # timestep by 1 + SNR and Min-SNR by min(SNR, gamma): about SNR (under 0.09 from t = 700 on), at the high
-    # noise where the caption's layout is decided. On a Zen 4, 650 shapes steps (micro, batch 32, fp32) put the
-    # shape on the prompted side in 60% / 33% of samples with gamma 5 (seeds 0 / 1), 100% / 99% with 0; 250 digits
-    # steps (tiny, fp32) gave 95.6% adherence at w=3 with 5, 99.6% with 0. tiny at batch 64 on shapes turns it
-    # round: after 400 / 800 / 1,000 steps (bf16) gamma 5 got all four attributes right at w=3 in 61% / 96% / 99%,
-    # the plain loss in 50% / 74% / 76%. On the 32 px sprites (bf16) it does not: after about 1,900 steps of
-    # tiny-patch2 the plain loss drew the captioned sprite (retrieval top-5 at w=3) in 98% of samples, gamma 5 in
-    # 12% (docs/QUALITY.md, "Loss weighting" and "sprites"). So 5 is worth a try where captions name attributes
-    # (shapes), not identities (sprites)
+    # Min-SNR-gamma weighting, 0 = off (the plain loss, the default). Min-SNR weights a timestep by about its SNR,
+    # which starves the high noise where the caption's layout (position) is decided: the plain loss wins in short
+    # runs and on identity captions (sprites), Min-SNR-5 on attribute captions (shapes) in long runs of `tiny`
+    # (docs/QUALITY.md, "Loss weighting"). So 5 is worth a try for attribute captions and many steps.
     min_snr_gamma: float = 0.0
     noise_offset: float = 0.0
-    # v-prediction: on digits (tiny, 16 px, batch 64, lr 1e-3) 99.5% adherence at w=3 after 300 steps vs 81% for
-    # epsilon at 300 and 90.5% at 600, with a lower PCA Frechet distance (docs/QUALITY.md, "What moved it")
+    # v-prediction: higher adherence in fewer steps than epsilon on digits, with a lower Frechet distance
+    # (docs/QUALITY.md, "What moved it")
     prediction_type: str = "v_prediction"
     beta_schedule: str = "scaled_linear"
     precision: str = "auto"
-    # torch.compile the U-Net's training forward and backward: 1.33x faster steps on an H200 after ~2.5 min of
-    # compiling, so for long GPU runs; on this project's CPUs it was slower (docs/PERFORMANCE.md, "GPU")
+    # torch.compile the U-Net's training forward and backward: faster steps on a GPU after minutes of compiling,
+    # so for long GPU runs; on this project's CPUs it does not repay its compile time (docs/PERFORMANCE.md, "GPU")
     compile: bool = False
     seed: int = 0
     resume: bool = True

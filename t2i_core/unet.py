@@ -74,12 +74,11 @@ class UNetConfig:
         return cls(**d)
 
 
-# Named sizes. `micro` is for a CPU budget of minutes at 16 px (the demo): with half of `tiny`'s time per step it
-# takes twice the steps in the same minutes, and at that budget steps matter more than width (docs/QUALITY.md,
-# "The 3-minute demo"). `tiny` trains on a 2-core CPU in minutes at 16 px. `tiny-patch2` is `tiny` on 2x2-pixel
-# cells, for 32 px and up: on 32 px sprites (2-core Zen 4, bf16) it trained 2.5x the images per second of `tiny`
-# and learned which sprite a caption names, which `tiny` did not in the same 15 minutes (docs/QUALITY.md,
-# "sprites"). `sd` is Stable Diffusion 1.x's shape.
+# Named sizes. `micro` is for a CPU budget of minutes at 16 px (the demo): half of `tiny`'s time per step, and at
+# that budget steps matter more than width (docs/QUALITY.md, "The 3-minute demo"). `tiny` trains on a CPU in
+# minutes at 16 px. `tiny-patch2` is `tiny` on 2x2-pixel cells, so 32 px costs it what 16 px costs `tiny`, and it
+# learns the 32 px sprites in a CPU budget where `tiny` does not (docs/QUALITY.md, "sprites"). `sd` is Stable
+# Diffusion 1.x's shape.
 TINY = dict(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(1, 2), num_heads=4)
 PRESETS: dict[str, dict] = {
     "micro": dict(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(1, 2), num_heads=2),
@@ -132,11 +131,10 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 # bf16 attention on the CPU: scaled_dot_product_attention's CPU kernel is slow for the short key sequences and
-# small heads of this library's models, where two oneDNN matmuls and a softmax are faster: measured in the
-# U-Net, 5-10% for a whole sampling step and 1.5x for a whole training step at 32 px. From 512 keys on the
-# kernel is faster again (1.4x for a sampling step at 64 px), and its flash-style loop never stores the
-# scores, so the matmul form is used up to 256 keys and never beyond this many scores (batch x heads x
-# queries x keys; 32M bf16 scores = 64 MB). Measurements: docs/PERFORMANCE.md, "Attention kernel".
+# small heads of this library's models, where two oneDNN matmuls and a softmax are faster. From 512 keys on the
+# kernel is faster again, and its flash-style loop never stores the scores, so the matmul form is used up to
+# 256 keys and never beyond this many scores (batch x heads x queries x keys; 32M bf16 scores = 64 MB).
+# Measurements: docs/PERFORMANCE.md, "Attention kernel".
 CPU_MATMUL_ATTENTION_MAX_SCORES = 1 << 25
 MATMUL_ATTENTION_MAX_KEYS = 256
 

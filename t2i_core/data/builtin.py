@@ -256,8 +256,8 @@ COLORFUL_CHROMA = 0.12
 GRAY_BELOW_COLORFUL = 0.25
 # The colour is read at one scale whatever the image's size: resampled to this side (area-averaged when larger),
 # then 3x3 box-filtered, which keeps a generator's pixel noise from voting. The captions are read the same way
-# from the sprite stored at this side; agreement with them on the real stored sprites (tests/test_judges.py):
-# 100% at 32 px, 99% at 64, 92% at 16; with N(0, 0.05) pixel noise added 94%, 96%, 89%.
+# from the sprite stored at this side, so a real sprite's colour reads the same at any size (tests/test_judges.py;
+# the agreement per size is in docs/QUALITY.md, "sprites").
 COLOR_REFERENCE_SIZE = 32
 SPRITES_CAPTION = re.compile(r"^an? (?P<color>" + "|".join(COLOR_NAMES) + r") (?P<types>[a-z]+(?: and [a-z]+)?) "
                              r"pokemon, (?P<name>.+)$")
