@@ -54,7 +54,7 @@ from t2i_core.data.builtin import (
     make_sprites_dataset,
 )
 from t2i_core.pipeline import T2IModel
-from t2i_core.sampler import SAMPLERS
+from t2i_core.samplers import SAMPLERS
 from t2i_core.text_encoder import FrozenTextEncoder, tiny_text_encoder
 from t2i_core.train import TrainCallbacks, TrainConfig, train
 from t2i_core.train_state import training_files

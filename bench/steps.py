@@ -42,11 +42,13 @@ from evals.digits import DigitsJudge
 from evals.distances import frechet_distance, pca_features
 from t2i_core import load_checkpoint
 from t2i_core.data.builtin import digits_caption, load_digits_arrays, make_digits_dataset
+from t2i_core.samplers import SAMPLERS
 
 STEP_COUNTS = (1, 2, 3, 5, 10, 25)
 CORE_STEP_COUNTS = (4, 6, 8, 10, 15, 25)
-# name -> (sampler, guidance interval): every sampler t2i_core offers, and DDIM guided only from 40% of the run on
-VARIANTS = {"DDIM (eta 0)": ("ddim", FULL), "DDPM": ("ddpm", FULL), "DDIM, guided from 0.4": ("ddim", LATE)}
+# name -> (sampler, guidance interval): every sampler of t2i_core's table, and DDIM guided only from 40% of the run on
+VARIANTS = {**{name.upper() + (" (eta 0)" if rule.uses_eta else ""): (name, FULL) for name, rule in SAMPLERS.items()},
+            "DDIM, guided from 0.4": ("ddim", LATE)}
 # name -> (ComfyUI sampler, scheduler): core samplers driving the model as a core MODEL
 CORE_VARIANTS = {"core euler": ("euler", "simple"), "core dpmpp_2m karras": ("dpmpp_2m", "karras"),
                  "core uni_pc": ("uni_pc", "simple"), "core dpmpp_2m_sde karras": ("dpmpp_2m_sde", "karras")}

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from t2i_core.conditioning import Conditioning, concat_conditionings, match_batch
+from t2i_core.samplers import SAMPLERS
 from t2i_core.unet import Downsample, TextConditionedUNet, UNetStage, Upsample
 
 ATTENTION = ("manual", "sdpa")
@@ -164,7 +165,7 @@ def reference_sample(unet: TextConditionedUNet, schedule, noise: torch.Tensor, c
         passes = [(c, m, None) for c, m in passes]
 
     x = noise.float()
-    for t, t_prev in schedule.step_pairs(steps, "ddim"):
+    for t, t_prev in SAMPLERS["ddim"].step_pairs(schedule, steps):
         tt = torch.tensor([t])
         if batched_cfg:
             c, m, kvs = passes[0]
@@ -173,5 +174,5 @@ def reference_sample(unet: TextConditionedUNet, schedule, noise: torch.Tensor, c
             (cc, cm, ckv), (uc, um, ukv) = passes
             e_c = reference_forward(unet, x, tt, cc, cm, mode=mode, kvs=ckv)
             e_u = reference_forward(unet, x, tt, uc, um, mode=mode, kvs=ukv)
-        x, _ = schedule.ddim_step(e_u + guidance_scale * (e_c - e_u), x, t, t_prev)
+        x, _ = SAMPLERS["ddim"].step(schedule, e_u + guidance_scale * (e_c - e_u), x, t, t_prev)
     return x

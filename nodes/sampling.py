@@ -128,8 +128,7 @@ class GuidedSampler(Node):
                                tooltip="Guidance scale w. 1 = conditional only (no unconditional pass); higher "
                                        "follows the prompt more closely, at some cost in diversity."),
                 io.Combo.Input("sampler_name", options=list(SAMPLERS), default="ddim",
-                               tooltip="ddim: deterministic for eta 0, works with few steps. ddpm: the ancestral "
-                                       "sampler, needs more steps."),
+                               tooltip=" ".join(s.description for s in SAMPLERS.values())),
                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="DDIM's noise: 0 is deterministic, 1 matches DDPM's variance."),
                 io.Float.Input("guidance_rescale", default=0.0, min=0.0, max=1.0, step=0.01,

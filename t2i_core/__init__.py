@@ -10,7 +10,8 @@ from .conditioning import Codec, Conditioning, EncodedText, TextEncoder, match_b
 from .devices import autocast, default_device, resolve_precision
 from .geometry import latent_shape
 from .pipeline import T2IModel
-from .sampler import SAMPLERS, make_noise, sample
+from .sampler import make_noise, sample
+from .samplers import SAMPLERS
 from .schedule import NoiseSchedule, ScheduleConfig
 from .text_encoder import (
     TINY_TEXT_CONFIG,

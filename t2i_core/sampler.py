@@ -20,10 +20,9 @@ import torch
 
 from .conditioning import Conditioning, concat_conditionings, match_batch
 from .devices import autocast
+from .samplers import sampler_named
 from .schedule import NoiseSchedule
 from .unet import TextConditionedUNet
-
-SAMPLERS = ("ddim", "ddpm")
 
 
 def make_noise(seeds: Sequence[int], shape: Sequence[int], device="cpu", dtype=torch.float32) -> torch.Tensor:
@@ -71,9 +70,9 @@ def sample(
     runs after every step; raising from it (for example on a user's cancel) stops sampling there.
     `guidance_interval` (start, end): guide only the steps whose progress 1 - t/T (0 = pure noise, 1 = clean,
     as ComfyUI's start/end percents) lies within it; the default guides every step.
+    `sampler` names a step rule of t2i_core.samplers.SAMPLERS.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    rule = sampler_named(sampler)
     start, end = guidance_interval
     if not 0.0 <= start <= end <= 1.0:
         raise ValueError(f"guidance_interval must be (start, end) with 0 <= start <= end <= 1, got {guidance_interval}")
@@ -90,11 +89,11 @@ def sample(
         prepared = unet.prepare_context(text.context.to(device, dtype),
                                         None if text.key_mask is None else text.key_mask.to(device))
 
-    stochastic = sampler == "ddpm" or eta > 0
+    stochastic = rule.adds_noise(eta)
     generators = [torch.Generator().manual_seed(s) for s in noise_fingerprint_seeds(noise)] if stochastic else []
 
     x = noise.float()
-    pairs = schedule.step_pairs(steps, sampler)
+    pairs = rule.step_pairs(schedule, steps)
     total_t = schedule.cfg.num_train_timesteps
     guided = [use_cfg and start <= 1 - t / total_t <= end for t, _ in pairs]
     cond_only = prepared.select(slice(batch, 2 * batch)) if use_cfg and not all(guided) else prepared
@@ -108,10 +107,7 @@ def sample(
             if guidance_rescale > 0:
                 out = rescale_guidance(out, out_cond, guidance_rescale)
         step_noise = make_noise_from(generators, x) if stochastic else None
-        if sampler == "ddim":
-            x, x0 = schedule.ddim_step(out, x, t, t_prev, eta=eta, noise=step_noise)
-        else:
-            x, x0 = schedule.ddpm_step(out, x, t, t_prev, noise=step_noise)
+        x, x0 = rule.step(schedule, out, x, t, t_prev, eta=eta, noise=step_noise)
         if callback is not None:
             callback(i + 1, len(pairs), x0)
     return x

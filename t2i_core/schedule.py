@@ -1,12 +1,11 @@
-"""Noise schedules and the reverse-diffusion steps (DDPM ancestral, DDIM with eta).
+"""Noise schedules: betas, the forward process, training targets and the timesteps a sampler visits.
 
 Notation (Ho et al. 2020; Song et al. 2021): alpha_bar_t = prod_{s<=t} (1 - beta_s) and
     q(x_t | x_0):  x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps.
 The model predicts eps ("epsilon") or v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 ("v_prediction").
 
-Timesteps and both steps follow diffusers' DDIMScheduler / DDPMScheduler formula for formula (with
-clip_sample=False), including how each picks the previous timestep, so the same config gives the
-same numbers; tests/test_schedule.py checks that against diffusers.
+Betas and timesteps follow diffusers' schedulers formula for formula, so the same config gives the same numbers
+(tests/test_schedule.py). The samplers' step rules that use them are in t2i_core.samplers.
 """
 from __future__ import annotations
 
@@ -116,19 +115,8 @@ class NoiseSchedule:
             ts = [int(x) for x in np.linspace(0, T - 1, steps).round()]
         return [int(t) for t in reversed(ts)]
 
-    def step_pairs(self, steps: int, sampler: str = "ddim") -> list[tuple[int, int]]:
-        """(t, t_prev) for each step; t_prev < 0 means "to the clean image".
-
-        DDIM goes from t to t - T // steps whatever the spacing (diffusers' DDIMScheduler rule; for
-        "linspace" that is not always the next visited timestep). DDPM goes to the next visited timestep,
-        as diffusers' DDPMScheduler does.
-        """
-        ts = self.timesteps(steps)
-        if sampler == "ddim":
-            return [(t, t - self.cfg.num_train_timesteps // steps) for t in ts]
-        return list(zip(ts, ts[1:] + [-1]))
-
-    def _abar_prev(self, t_prev: int, final: torch.Tensor) -> torch.Tensor:
+    def abar_prev(self, t_prev: int, final: torch.Tensor) -> torch.Tensor:
+        """alpha_bar at t_prev, or `final` for a step to the clean image (t_prev < 0)."""
         return self.alphas_cumprod[t_prev] if t_prev >= 0 else final
 
     def predict_x0_eps(self, model_output, x_t, t: int):
@@ -137,25 +125,3 @@ class NoiseSchedule:
         if self.cfg.prediction_type == "epsilon":
             return (x_t - (1 - a).sqrt() * model_output) / a.sqrt(), model_output
         return a.sqrt() * x_t - (1 - a).sqrt() * model_output, a.sqrt() * model_output + (1 - a).sqrt() * x_t
-
-    def ddim_step(self, model_output, x_t, t: int, t_prev: int, eta: float = 0.0, noise=None):
-        """x_{t_prev} from x_t (Song et al. 2021, eq. 12); eta=0 is deterministic, eta=1 is DDPM-like."""
-        a_t, a_prev = self.alphas_cumprod[t], self._abar_prev(t_prev, self.final_alpha_cumprod)
-        x0, eps = self.predict_x0_eps(model_output, x_t, t)
-        variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
-        std = eta * variance.sqrt()
-        x_prev = a_prev.sqrt() * x0 + (1 - a_prev - std**2).sqrt() * eps
-        if eta > 0:
-            x_prev = x_prev + std * noise
-        return x_prev, x0
-
-    def ddpm_step(self, model_output, x_t, t: int, t_prev: int, noise=None):
-        """Ancestral step from the posterior q(x_{t_prev} | x_t, x0) with its 'fixed small' variance."""
-        a_t, a_prev = self.alphas_cumprod[t], self._abar_prev(t_prev, torch.tensor(1.0))
-        alpha_t, beta_t = a_t / a_prev, 1 - a_t / a_prev
-        x0, _ = self.predict_x0_eps(model_output, x_t, t)
-        mean = (a_prev.sqrt() * beta_t / (1 - a_t)) * x0 + (alpha_t.sqrt() * (1 - a_prev) / (1 - a_t)) * x_t
-        if t > 0:
-            variance = torch.clamp((1 - a_prev) / (1 - a_t) * beta_t, min=1e-20)
-            mean = mean + variance.sqrt() * noise
-        return mean, x0

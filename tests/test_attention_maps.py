@@ -17,6 +17,7 @@ from t2i_core.attention_maps import (
     tokens_per_image,
     word_maps,
 )
+from t2i_core.samplers import SAMPLERS
 from t2i_core.unet import CrossAttention, attention
 
 PROMPT = "a large red circle on the left"
@@ -81,7 +82,7 @@ def attention_by_hand(model, prompt, size=16):
     cond = model.encode_prompts([prompt])
     noise = make_noise([0], model.latent_shape(size, size))
     with torch.inference_mode():
-        t = torch.tensor([model.schedule.step_pairs(4, "ddim")[0][0]])
+        t = torch.tensor([SAMPLERS["ddim"].step_pairs(model.schedule, 4)[0][0]])
         model.unet(noise, t, cond.context, cond.key_mask)
         maps = []
         for mod, (x, context, key_mask, _) in seen:  # key_mask: the U-Net's additive (B, 1, 1, L) mask
@@ -108,7 +109,7 @@ def test_the_conditional_half_is_recorded(test_model, cfg):
 
 
 def test_steps_are_chosen_by_progress(test_model):
-    pairs = test_model.schedule.step_pairs(10, "ddim")
+    pairs = SAMPLERS["ddim"].step_pairs(test_model.schedule, 10)
     wanted = sum(0.5 <= 1 - t / 1000 <= 1.0 for t, _ in pairs)
     with record_attention(test_model.unet, 1000, (0.5, 1.0)) as recorder:
         run(test_model, steps=10)

@@ -3,6 +3,7 @@ import torch
 
 from t2i_core.conditioning import Conditioning, match_batch
 from t2i_core.sampler import make_noise, rescale_guidance, sample
+from t2i_core.samplers import SAMPLERS
 
 
 def run(model, prompts, seeds, **kw):
@@ -29,11 +30,11 @@ def test_guidance_one_equals_pure_conditional(test_model):
     # the same with CFG's formula written out and both passes computed
     x = noise.clone()
     with torch.inference_mode():
-        for t, t_prev in m.schedule.step_pairs(5, "ddim"):
+        for t, t_prev in SAMPLERS["ddim"].step_pairs(m.schedule, 5):
             tt = torch.tensor([t])
             e_c = m.unet(x, tt, cond.context, cond.key_mask)
             e_u = m.unet(x, tt, m.text_encoder.empty().context, m.text_encoder.empty().key_mask)
-            x, _ = m.schedule.ddim_step(e_u + 1.0 * (e_c - e_u), x, t, t_prev)
+            x, _ = SAMPLERS["ddim"].step(m.schedule, e_u + 1.0 * (e_c - e_u), x, t, t_prev)
     torch.testing.assert_close(fast, x, atol=1e-5, rtol=1e-5)
     # and guidance changes the result once w != 1
     assert not torch.allclose(fast, sample(m.unet, m.schedule, noise, cond, m.text_encoder.empty(), steps=5,
@@ -48,11 +49,11 @@ def test_batched_cfg_equals_two_passes(test_model):
     fast = sample(m.unet, m.schedule, noise, cond, uncond, steps=4, guidance_scale=w)
     x = noise.clone()
     with torch.inference_mode():
-        for t, t_prev in m.schedule.step_pairs(4, "ddim"):
+        for t, t_prev in SAMPLERS["ddim"].step_pairs(m.schedule, 4):
             tt = torch.tensor([t])
             u = match_batch(uncond, 2)
             e_c, e_u = m.unet(x, tt, cond.context, cond.key_mask), m.unet(x, tt, u.context, u.key_mask)
-            x, _ = m.schedule.ddim_step(e_u + w * (e_c - e_u), x, t, t_prev)
+            x, _ = SAMPLERS["ddim"].step(m.schedule, e_u + w * (e_c - e_u), x, t, t_prev)
     torch.testing.assert_close(fast, x, atol=1e-4, rtol=1e-4)
 
 
@@ -131,13 +132,13 @@ def test_guidance_interval_guides_only_the_steps_inside_it(test_model):
     # the rule written out: CFG's formula while progress 1 - t/T is in the interval, eps(cond) before it
     x = noise.clone()
     with torch.inference_mode():
-        for t, t_prev in m.schedule.step_pairs(steps, "ddim"):
+        for t, t_prev in SAMPLERS["ddim"].step_pairs(m.schedule, steps):
             tt = torch.tensor([t])
             e_c = m.unet(x, tt, cond.context, cond.key_mask)
             if interval[0] <= 1 - t / m.schedule.cfg.num_train_timesteps <= interval[1]:
                 e_u = m.unet(x, tt, uncond.context.expand(2, -1, -1), uncond.key_mask)
                 e_c = e_u + w * (e_c - e_u)
-            x, _ = m.schedule.ddim_step(e_c, x, t, t_prev)
+            x, _ = SAMPLERS["ddim"].step(m.schedule, e_c, x, t, t_prev)
 
     widths = []
     hook = m.unet.conv_out.register_forward_hook(lambda mod, inp, out: widths.append(out.shape[0]))

@@ -1,8 +1,12 @@
 """Our schedules and steps against diffusers' DDIMScheduler / DDPMScheduler, to float precision."""
+import inspect
+
+import diffusers
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from t2i_core.samplers import SAMPLERS
 from t2i_core.schedule import NoiseSchedule, ScheduleConfig
 
 CONFIGS = [
@@ -32,32 +36,26 @@ def test_betas_and_timesteps_equal_diffusers(cfg):
         assert ours.timesteps(steps) == theirs.timesteps.tolist()
 
 
-@pytest.mark.parametrize("eta", [0.0, 0.5])
+@pytest.mark.parametrize("name,eta", [(name, eta) for name, rule in SAMPLERS.items()
+                                      for eta in ((0.0, 0.5) if rule.uses_eta else (0.0,))])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=ids)
-def test_ddim_loop_equals_diffusers(cfg, eta):
-    ours, theirs = NoiseSchedule(cfg), DDIMScheduler.from_config(cfg.diffusers_config())
+def test_every_sampler_equals_its_diffusers_scheduler(cfg, name, eta):
+    """Each sampler of the table, step by step, against the diffusers scheduler it names, fed the same noise."""
+    rule, ours = SAMPLERS[name], NoiseSchedule(cfg)
+    theirs = getattr(diffusers, rule.diffusers_class).from_config(cfg.diffusers_config())
+    takes_eta = "eta" in inspect.signature(theirs.step).parameters
+    assert takes_eta == rule.uses_eta
     steps = 20
     theirs.set_timesteps(steps)
-    x_ours = x_theirs = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    noise_gen = torch.Generator().manual_seed(1)
-    for t, t_prev in ours.step_pairs(steps, "ddim"):
-        noise = torch.randn(2, 3, 8, 8, generator=noise_gen)
-        x_ours, _ = ours.ddim_step(fake_model(x_ours, t), x_ours, t, t_prev, eta=eta, noise=noise)
-        x_theirs = theirs.step(fake_model(x_theirs, t), t, x_theirs, eta=eta, variance_noise=noise).prev_sample
-        torch.testing.assert_close(x_ours, x_theirs, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("cfg", CONFIGS, ids=ids)
-def test_ddpm_loop_equals_diffusers(cfg):
-    ours, theirs = NoiseSchedule(cfg), DDPMScheduler.from_config(cfg.diffusers_config())
-    steps = 20
-    theirs.set_timesteps(steps)
+    assert [t for t, _ in rule.step_pairs(ours, steps)] == theirs.timesteps.tolist()
     x_ours = x_theirs = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     gen_ours, gen_theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    for t, t_prev in ours.step_pairs(steps, "ddpm"):
-        x_ours, _ = ours.ddpm_step(fake_model(x_ours, t), x_ours, t, t_prev,
-                                   noise=torch.randn(2, 3, 8, 8, generator=gen_ours) if t > 0 else None)
-        x_theirs = theirs.step(fake_model(x_theirs, t), t, x_theirs, generator=gen_theirs).prev_sample
+    for t, t_prev in rule.step_pairs(ours, steps):
+        # both draw one standard normal per step that adds noise (DDPM's last, noise-free step draws last)
+        noise = torch.randn(2, 3, 8, 8, generator=gen_ours) if rule.adds_noise(eta) else None
+        x_ours, _ = rule.step(ours, fake_model(x_ours, t), x_ours, t, t_prev, eta=eta, noise=noise)
+        x_theirs = theirs.step(fake_model(x_theirs, t), t, x_theirs, generator=gen_theirs,
+                               **({"eta": eta} if takes_eta else {})).prev_sample
         torch.testing.assert_close(x_ours, x_theirs, atol=1e-5, rtol=1e-5)
 
 
