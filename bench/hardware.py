@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from t2i_core.conditioning import concat_conditionings, match_batch
 from t2i_core.devices import autocast, bf16_supported
+from t2i_core.sampler import guidance_context
 
 from .common import (
     Section,
@@ -97,12 +97,9 @@ def run(quick: bool = False) -> Section:
     cond, uncond = conditionings()
     work, flops = {}, {}
     for images in ((1,) if quick else (1, 16)):
-        both = concat_conditionings(match_batch(uncond, images), match_batch(cond, images))
-        ctx, mask = both.context, both.key_mask
         x = torch.randn(images, 3, RES, RES)  # shared by [uncond; cond], as the sampler passes it
         for precision in precisions:
-            with torch.inference_mode(), autocast("cpu", precision):
-                prepared = unet.prepare_context(ctx, mask)
+            prepared = guidance_context(unet, cond, uncond, images, precision)
 
             def fwd(x=x, p=prepared, precision=precision):
                 with torch.inference_mode(), autocast("cpu", precision):

@@ -19,6 +19,8 @@ import sys
 
 import torch
 
+from t2i_core.sampler import guidance_context
+
 from .common import (
     Section,
     Table,
@@ -49,17 +51,16 @@ def case_work(case: dict):
         step = make_train_step(unet, training_batch(batch, res), precision)
         return step
     cond, uncond = conditionings()
-    both = concat_conditionings(match_batch(uncond, batch), match_batch(cond, batch))
-    ctx, mask = both.context, both.key_mask
     x = torch.randn(2 * batch, 3, res, res)
     t = torch.tensor([500])
     if case["kind"] == "sample_reference":
+        both = concat_conditionings(match_batch(uncond, batch), match_batch(cond, batch))
+
         def fwd():
             with torch.inference_mode():
-                return reference_forward(unet, x, t, ctx, mask, mode="manual")
+                return reference_forward(unet, x, t, both.context, both.key_mask, mode="manual")
         return fwd
-    with torch.inference_mode(), autocast("cpu", precision):
-        prepared = unet.prepare_context(ctx, mask)
+    prepared = guidance_context(unet, cond, uncond, batch, precision)
 
     def fwd():
         with torch.inference_mode(), autocast("cpu", precision):
@@ -105,13 +106,10 @@ def measure_case(case: dict) -> dict:
 
 def attention_share(unet, res: int) -> tuple[float, float]:
     """(total forward GFLOP for 1 CFG image, share of it in attention score/value products)."""
-    from t2i_core.conditioning import concat_conditionings
     cond, uncond = conditionings()
-    both = concat_conditionings(uncond, cond)
-    ctx, mask = both.context, both.key_mask
     x = torch.randn(2, 3, res, res)
+    prepared = guidance_context(unet, cond, uncond, 1)
     with torch.inference_mode():
-        prepared = unet.prepare_context(ctx, mask)
         by_op = count_flops(lambda: unet(x, torch.tensor([500]), prepared), by_op=True)
     total = sum(by_op.values())
     attn = sum(v for k, v in by_op.items() if "attention" in k)
@@ -141,13 +139,9 @@ def run(quick: bool = False) -> Section:
     rt = Table("Growth with resolution: `tiny` preset, one CFG sampling step for 1 image (forward batch 2), fp32",
                ["px", "tokens at level 1", "GFLOP", "attention share of FLOPs", "time vs 32px",
                 "t2i_core MB", "seed-style manual attention MB"])
-    from t2i_core.conditioning import concat_conditionings, match_batch
     cond, uncond = conditionings()
-    both = concat_conditionings(uncond, cond)
-    ctx, mask = both.context, both.key_mask
     fns = {}
-    with torch.inference_mode():
-        prepared = unet.prepare_context(ctx, mask)
+    prepared = guidance_context(unet, cond, uncond, 1)
     for res in resolutions:
         x = torch.randn(2, 3, res, res)
 
@@ -169,10 +163,7 @@ def run(quick: bool = False) -> Section:
                ["images", "time vs batch 1", "time per image vs batch 1", "MB added"])
     fns = {}
     for b in batches:
-        both = concat_conditionings(match_batch(uncond, b), match_batch(cond, b))
-        c, m = both.context, both.key_mask
-        with torch.inference_mode():
-            p = unet.prepare_context(c, m)
+        p = guidance_context(unet, cond, uncond, b)
         x = torch.randn(2 * b, 3, 32, 32)
 
         def fwd(x=x, p=p):

@@ -6,12 +6,19 @@ halves it once per level below the first, so an image side must be a multiple of
 from __future__ import annotations
 
 
+def image_multiple(codec_factor: int, unet_factor: int = 1) -> int:
+    """An image side must be a multiple of this."""
+    return codec_factor * unet_factor
+
+
 def latent_shape(height: int, width: int, *, channels: int, codec_factor: int, unet_factor: int = 1,
                  what: str = "height and width") -> tuple[int, int, int]:
-    """(C, h, w) of the model-space tensor for a `height` x `width` image; ValueError if the size does not fit."""
-    f = codec_factor * unet_factor
+    """(C, h, w) of the model-space tensor for a `height` x `width` image; ValueError if the size does not fit.
+    For a check in model space (the U-Net's input), give codec_factor 1."""
+    f = image_multiple(codec_factor, unet_factor)
     if height < f or width < f or height % f or width % f:
-        parts = [f"codec factor {codec_factor}"] + ([f"U-Net factor {unet_factor}"] if unet_factor > 1 else [])
+        parts = ([f"codec factor {codec_factor}"] if codec_factor > 1 or unet_factor == 1 else []) + (
+            [f"U-Net factor {unet_factor}"] if unet_factor > 1 else [])
         raise ValueError(f"{what} must be multiples of {f} ({' x '.join(parts)}), got {width}x{height} "
                          f"(width x height); try {max(f, width // f * f)}x{max(f, height // f * f)}")
     return channels, height // codec_factor, width // codec_factor

@@ -22,7 +22,7 @@ from .conditioning import Conditioning, concat_conditionings, match_batch
 from .devices import autocast
 from .samplers import sampler_named
 from .schedule import NoiseSchedule
-from .unet import TextConditionedUNet
+from .unet import PreparedContext, TextConditionedUNet
 
 
 def make_noise(seeds: Sequence[int], shape: Sequence[int], device="cpu", dtype=torch.float32) -> torch.Tensor:
@@ -45,6 +45,18 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> to
 
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+def guidance_context(unet: TextConditionedUNet, cond: Conditioning, uncond: Conditioning | None, batch: int,
+                     precision: str = "fp32") -> PreparedContext:
+    """The text the U-Net reads for `batch` images, its keys and values projected once: [uncond; cond] for
+    guidance (the U-Net then shares each image between the two halves), or cond alone when uncond is None."""
+    cond = match_batch(cond, batch, "cond")
+    text = concat_conditionings(match_batch(uncond, batch, "uncond"), cond) if uncond is not None else cond
+    param = next(unet.parameters())
+    with torch.inference_mode(), autocast(param.device, precision):
+        return unet.prepare_context(text.context.to(param.device, param.dtype),
+                                    None if text.key_mask is None else text.key_mask.to(param.device))
 
 
 @torch.inference_mode()
@@ -82,12 +94,8 @@ def sample(
     if use_cfg and uncond is None:
         raise ValueError("guidance_scale != 1 needs an unconditional (empty or negative) conditioning")
 
-    cond = match_batch(cond, batch, "cond")
-    text = concat_conditionings(match_batch(uncond, batch, "uncond"), cond) if use_cfg else cond
     dtype = next(unet.parameters()).dtype
-    with autocast(device, precision):
-        prepared = unet.prepare_context(text.context.to(device, dtype),
-                                        None if text.key_mask is None else text.key_mask.to(device))
+    prepared = guidance_context(unet, cond, uncond if use_cfg else None, batch, precision)
 
     stochastic = rule.adds_noise(eta)
     generators = [torch.Generator().manual_seed(s) for s in noise_fingerprint_seeds(noise)] if stochastic else []

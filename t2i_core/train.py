@@ -36,7 +36,7 @@ from .data.cache import TensorCache
 from .data.folder import CaptionedImages, augment, fingerprint, gather, load_dataset
 from .devices import autocast, default_device, resolve_precision
 from .distributed import SINGLE, Distributed
-from .geometry import check_train_size, latent_shape
+from .geometry import check_train_size, image_multiple, latent_shape
 from .pipeline import T2IModel
 from .sampler import make_noise, sample
 from .schedule import NoiseSchedule, ScheduleConfig
@@ -288,7 +288,7 @@ class Trainer:
         self.data: CaptionedImages = load_dataset(
             cfg.dataset, cfg.resolution, random_crop=cfg.random_crop, random_flip=cfg.random_flip,
             crop_step=self.codec.factor, buckets={"auto": None, "on": True, "off": False}[cfg.buckets],
-            size_factor=self.codec.factor * unet_cfg.downsample_factor, log=self.log)
+            size_factor=image_multiple(self.codec.factor, unet_cfg.downsample_factor), log=self.log)
         self.buckets = self.data.position_buckets  # None: every image is square
         if self.buckets is not None and self.dist.active:
             # a bucket's last batch of an epoch can be smaller than batch_size, so it would not split evenly

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cancel import calling, check_cancel
+from .geometry import latent_shape
 
 
 @dataclass
@@ -460,9 +461,8 @@ class TextConditionedUNet(nn.Module):
             if key_mask is not None and key_mask.device.type == "cpu":  # (on a GPU the cut would cost a sync)
                 context, key_mask = trim_padding(context, key_mask)
             prepared = PreparedContext(context, key_mask, [])
-        f = self.cfg.downsample_factor
-        if x.shape[-1] % f or x.shape[-2] % f:
-            raise ValueError(f"height and width must be multiples of {f} for this U-Net, got {tuple(x.shape[-2:])}")
+        latent_shape(x.shape[-2], x.shape[-1], channels=x.shape[1], codec_factor=1,
+                     unet_factor=self.cfg.downsample_factor, what="the U-Net input's height and width")
         kv_iter = iter(prepared.kvs) if prepared.kvs else None
         ctx, mask = prepared.context, prepared.key_mask
         batch = x.shape[0]
