@@ -28,7 +28,7 @@ def caption_rates(n: int, repeats: int) -> Table:
     from scripts.comfy_inprocess import pack_module
     from scripts.model_files import clip_l_file
     from t2i_core import load_text_encoder_file
-    from t2i_core.data.builtin import SHAPES_VOCAB, shapes_caption
+    from t2i_core.data.shapes import SHAPES_VOCAB, shapes_caption
     captions = [shapes_caption(c, s, p, z) for c in SHAPES_VOCAB["color"] for s in SHAPES_VOCAB["shape"]
                 for p in SHAPES_VOCAB["position"] for z in SHAPES_VOCAB["size"]][:n]
     path = clip_l_file()

@@ -23,12 +23,8 @@ import torch
 from evals.digits import DigitsJudge
 from evals.shapes import judge_shapes
 from evals.wordings import DIGIT_TEMPLATES, SHAPE_TEMPLATES, digits_wordings, shapes_wordings
-from t2i_core.data.builtin import (
-    generate_shapes,
-    make_digits_dataset,
-    make_shapes_dataset,
-    parse_digits_caption,
-)
+from t2i_core.data.digits import make_digits_dataset, parse_digits_caption
+from t2i_core.data.shapes import generate_shapes, make_shapes_dataset
 from t2i_core.text_encoder import TEXT_ENCODER_NAMES, text_encoder_by_name
 
 from .common import machine_line

@@ -43,16 +43,9 @@ from evals.distances import frechet_distance, mean_pairwise_distance, pca_featur
 from evals.shapes import judge_shapes, summarize_judgements
 from evals.sprites import CLEAR_MARGIN, SpritesJudge, real_halves, sprites_tensor
 from t2i_core.checkpoint import load_checkpoint
-from t2i_core.data.builtin import (
-    DIGIT_WORDS,
-    digits_caption,
-    generate_shapes,
-    load_digits_arrays,
-    load_sprites,
-    make_digits_dataset,
-    make_shapes_dataset,
-    make_sprites_dataset,
-)
+from t2i_core.data.digits import DIGIT_WORDS, digits_caption, load_digits_arrays, make_digits_dataset
+from t2i_core.data.shapes import generate_shapes, make_shapes_dataset
+from t2i_core.data.sprites import load_sprites, make_sprites_dataset
 from t2i_core.pipeline import T2IModel
 from t2i_core.samplers import SAMPLERS
 from t2i_core.text_encoder import FrozenTextEncoder, tiny_text_encoder

@@ -41,7 +41,7 @@ from bench.quality import (
 from evals.digits import DigitsJudge
 from evals.distances import frechet_distance, pca_features
 from t2i_core import load_checkpoint
-from t2i_core.data.builtin import digits_caption, load_digits_arrays, make_digits_dataset
+from t2i_core.data.digits import digits_caption, load_digits_arrays, make_digits_dataset
 from t2i_core.samplers import SAMPLERS
 
 STEP_COUNTS = (1, 2, 3, 5, 10, 25)

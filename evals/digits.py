@@ -4,7 +4,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from t2i_core.data.builtin import load_digits_arrays, parse_digits_caption
+from t2i_core.data.digits import load_digits_arrays, parse_digits_caption
 
 from .images import numpy_images
 

@@ -2,7 +2,7 @@
 size), no learned model involved."""
 import numpy as np
 
-from t2i_core.data.builtin import SHAPE_RGB, SHAPES_BACKGROUND_RGB, SHAPES_VOCAB, parse_shapes_caption
+from t2i_core.data.shapes import SHAPE_RGB, SHAPES_BACKGROUND_RGB, SHAPES_VOCAB, parse_shapes_caption
 
 from .images import numpy_images
 

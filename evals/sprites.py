@@ -1,12 +1,12 @@
-"""Judges of the built-in sprites dataset (t2i_core.data.builtin: "an orange fire pokemon, charmander").
+"""Judges of the built-in sprites dataset (t2i_core.data.sprites: "an orange fire pokemon, charmander").
 
 * retrieval: is the training image nearest to a generated one (in a PCA space of the training images) the one
   its caption names? top-1 and top-5 against chance (1/N and 5/N for N training images);
 * colour adherence: does the generated image's dominant colour (read from its pixels exactly as the dataset's
-  captions were made: t2i_core.data.builtin.dominant_color) match the caption's colour? against chance, the
+  captions were made: t2i_core.data.sprites.dominant_color) match the caption's colour? against chance, the
   agreement of two colours drawn independently from the training set's colour frequencies; and the same on the
   clear calls only: the images whose captioned sprite's own colour wins its vote by a margin of CLEAR_MARGIN
-  or more (t2i_core.data.builtin.color_margin). On a close call even a faithful copy of the sprite
+  or more (color_margin). On a close call even a faithful copy of the sprite
   often reads a neighbouring hue (half the time under a margin of 0.1), so that figure is the judge's as much as
   the model's;
 * FD and diversity (evals.distances) against the same figures for real images: `real_halves` splits the
@@ -17,7 +17,7 @@ Type and name are not read from pixels; retrieval covers the name (each name has
 import numpy as np
 import torch
 
-from t2i_core.data.builtin import COLOR_NAMES, color_margin, dominant_color, parse_sprites_caption
+from t2i_core.data.sprites import COLOR_NAMES, color_votes, dominant_color, parse_sprites_caption
 
 from .distances import pca_features
 from .images import numpy_images
@@ -39,6 +39,17 @@ def real_halves(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     against the second, so a generator that reproduced its training images scores the real-vs-real FD."""
     order = np.random.default_rng(seed).permutation(count)
     return np.sort(order[: count // 2]), np.sort(order[count // 2:])
+
+
+def color_margin(image: np.ndarray) -> float:
+    """How clear a call dominant_color makes: the share of the colourful pixels voting for the winning hue minus
+    the runner-up's share (0: a tie, 1: one hue only); 1 for gray, black and blank images, which no vote decides."""
+    votes = color_votes(image)
+    if votes is None or isinstance(votes, str):
+        return 1.0
+    shares = np.sort(votes)[::-1] / votes.sum()
+    return float(shares[0] - shares[1])
+
 
 
 class SpritesJudge:

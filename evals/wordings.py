@@ -3,17 +3,12 @@
 A text encoder that knows language (the pretrained MiniLM) should carry a model from "a handwritten digit seven" to
 "the number 7, written by hand"; a randomly initialised tower knows only the exact tokens it was trained on. Each
 wording here is a (prompt, canonical caption) pair: the model is prompted with the first, the judge reads the image
-against the second. No wording below appears in the captions t2i_core.data.builtin writes (a test says so).
+against the second. No wording below appears in the captions the built-in datasets write (a test says so).
 """
 from __future__ import annotations
 
-from t2i_core.data.builtin import (
-    DIGIT_WORDS,
-    SHAPES_VOCAB,
-    digits_caption,
-    parse_shapes_caption,
-    shapes_caption,
-)
+from t2i_core.data.digits import DIGIT_WORDS, digits_caption
+from t2i_core.data.shapes import SHAPES_VOCAB, parse_shapes_caption, shapes_caption
 
 # digits: numerals, other nouns and other word orders; {n} is the numeral, {w} the word
 DIGIT_TEMPLATES = (

@@ -32,7 +32,7 @@ def make_test_model(channel_mult=(1, 2), seed: int = 0, prediction_type: str = "
 
 def _sprites_fetched() -> bool:
     from t2i_core.data import DatasetError
-    from t2i_core.data.builtin import SPRITES_PACKAGES, npm_tarball
+    from t2i_core.data.sprites import SPRITES_PACKAGES, npm_tarball
     try:
         for name in SPRITES_PACKAGES:
             npm_tarball(name)

@@ -36,7 +36,8 @@ from t2i_core.data import (
     shapes_caption,
     sprites_caption,
 )
-from t2i_core.data.builtin import MARKER_FILE, npm_tarball
+from t2i_core.data.builtin_folder import MARKER_FILE
+from t2i_core.data.sprites import npm_tarball
 
 
 def write_image(path: Path, size=(24, 24), color=(200, 50, 50), mode="RGB") -> Path:
@@ -489,7 +490,7 @@ def test_dominant_color_reads_hue_and_ignores_the_white_background():
 
 
 def test_color_margin_says_how_close_a_call_the_dominant_colour_is():
-    from t2i_core.data.builtin import color_margin
+    from evals.sprites import color_margin
     image = np.ones((32, 32, 3))
     assert color_margin(image) == 1.0  # blank: no vote to lose
     image[8:24, 8:24] = (0.9, 0.1, 0.1)

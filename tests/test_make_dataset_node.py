@@ -10,7 +10,7 @@ def test_make_dataset_writes_sprites(comfy_pack, tmp_path):
 
     from scripts.comfy_inprocess import pack_module
     datasets = pack_module("nodes.datasets")
-    assert datasets.DATASETS[2:] == ("sprites", "sprites_keep_aspect")
+    assert list(datasets.BUILTIN_DATASETS)[2:] == ["sprites", "sprites_keep_aspect"]
     before = folder_paths.get_input_directory()
     folder_paths.set_input_directory(str(tmp_path))
     try:

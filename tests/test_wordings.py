@@ -9,7 +9,8 @@ from evals.wordings import (
     digits_wordings,
     shapes_wordings,
 )
-from t2i_core.data.builtin import parse_digits_caption, parse_shapes_caption
+from t2i_core.data.digits import parse_digits_caption
+from t2i_core.data.shapes import parse_shapes_caption
 
 
 def words(text: str) -> set[str]:
