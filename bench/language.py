@@ -20,19 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evals.digits import DigitsJudge
-from evals.shapes import judge_shapes
+from evals.judges import evaluation
 from evals.wordings import DIGIT_TEMPLATES, SHAPE_TEMPLATES, digits_wordings, shapes_wordings
-from t2i_core.data.digits import make_digits_dataset, parse_digits_caption
-from t2i_core.data.shapes import generate_shapes, make_shapes_dataset
+from t2i_core.data.builtin import builtin_dataset
 from t2i_core.text_encoder import TEXT_ENCODER_NAMES, text_encoder_by_name
 
 from .common import machine_line
 from .quality import (
     BENCH_DIR,
     RESOLUTION,
-    SHAPES_HELDOUT_SEED,
-    SHAPES_TRAIN_COUNT,
     Sampling,
     generate,
     train_fresh,
@@ -43,22 +39,17 @@ DATASETS = ("digits", "shapes")
 
 
 def digits_task(root: Path, n: int):
-    """(train folder, [(held-out prompt, canonical caption)], judge(images, canonical) -> per-image bool)."""
-    judge = DigitsJudge(RESOLUTION)
-
-    def per_image(images, canonical):
-        return judge.predict(images) == np.array([parse_digits_caption(c) for c in canonical])
-    return (make_digits_dataset(root / "data" / f"digits{RESOLUTION}", RESOLUTION, "train"), digits_wordings(n),
-            per_image, len(DIGIT_TEMPLATES), 10)
+    """(train folder, [(held-out prompt, canonical caption)], judge(images, canonical) -> per-image bool, wordings
+    per caption, captions per class)."""
+    ev = evaluation("digits", RESOLUTION)
+    return (builtin_dataset("digits").write(root / "data" / f"digits{RESOLUTION}", resolution=RESOLUTION),
+            digits_wordings(n), ev.judge.matches, len(DIGIT_TEMPLATES), 10)
 
 
 def shapes_task(root: Path, n: int):
-    _, captions, _ = generate_shapes(max(n, 72), RESOLUTION, seed=SHAPES_HELDOUT_SEED)
-
-    def per_image(images, canonical):
-        return np.array([j["all"] for j in judge_shapes(images, canonical)])
-    return (make_shapes_dataset(root / "data" / f"shapes{RESOLUTION}", SHAPES_TRAIN_COUNT, RESOLUTION, seed=0),
-            shapes_wordings(captions[:n]), per_image, len(SHAPE_TEMPLATES), 1)
+    ev = evaluation("shapes", RESOLUTION)
+    return (builtin_dataset("shapes").write(root / "data" / f"shapes{RESOLUTION}", resolution=RESOLUTION),
+            shapes_wordings(ev.prompts(n)), ev.judge.matches, len(SHAPE_TEMPLATES), 1)
 
 
 TASKS = {"digits": digits_task, "shapes": shapes_task}

@@ -3,26 +3,28 @@
     .venv/bin/python -m bench.quality [--quick] [--minutes 3] [--n 500] [--datasets digits,shapes,sprites]
     .venv/bin/python -m bench.quality --datasets sprites --minutes 15 --reuse --sampler ddpm --sampling-steps 50
 
-For each dataset it trains a fresh model with the default TrainConfig (only dataset, output, resolution and a
-time budget are set; sprites also trains the SPRITES_PRESET U-Net), then samples a fixed set of seeds at
-guidance scales 1, 1.5, 3 and 7.5 (DDIM, 25 steps, eta 0; --sampler, --sampling-steps and --eta change that), and at
-3 and 7.5 with guidance only from 40% of the run on ("from 0.4": the sampler's guidance_interval), and reports:
+For each built-in dataset named (t2i_core.data.builtin.BUILTIN_DATASETS) it trains a fresh model with the default
+TrainConfig and the registry's preset and resolution (only dataset, output, resolution, preset and a time budget
+are set), then samples a fixed set of seeds at guidance scales 1, 1.5, 3 and 7.5 (DDIM, 25 steps, eta 0;
+--sampler, --sampling-steps and --eta change that), and at 3 and 7.5 with guidance only from 40% of the run on
+("from 0.4": the sampler's guidance_interval); above 16 px only at 1, 3 and 7.5. The dataset's Evaluation
+(evals.judges.JUDGES) gives the prompts, the judge and the real images, and the table reports:
 
-* adherence: digits - how often DigitsJudge (an SVC trained on the real train split) reads the prompted
-  digit; shapes - judge_shapes' analytic check of color, shape, position, size and all four;
-* diversity: mean pairwise distance between samples of the same prompt, averaged over prompts, beside the
-  same figure for real held-out images (a model that draws one image per prompt scores near 0);
-* FD: Fréchet distance between generated and held-out real images in the PCA space of the real train images
-  (32 components), beside the distance between an equally large random subset of the real train images and
-  the held-out ones (real-vs-real: the floor that finite samples allow). sprites has one image per caption and
-  trains on all 649: prompts come from one half of the sprites (evals.sprites.real_halves), FD is measured
-  against the other half, and real-vs-real is the first half's real images against the second. Its table
-  keeps w = 1, 3 and 7.5 (SPRITES_SETTINGS) and adds retrieval (top-1, top-5) and dominant-colour adherence.
+* adherence and the judge's per-attribute scores (evals.judgement.Judgement): digits - per digit, how often an
+  SVC trained on the real train split reads the prompted digit; shapes - colour, shape, position and size read
+  analytically; sprites - retrieval (top-1, top-5) and dominant-colour adherence;
+* diversity: mean pairwise distance between samples of the same prompt, averaged over prompts (among all samples
+  when no prompt repeats, as for sprites), beside the same figure for real held-out images;
+* FD: Fréchet distance between generated and held-out real images in the PCA space of the real reference images
+  (32 components), beside the distance between an equally large random subset of the reference images and the
+  held-out ones (real-vs-real: the floor that finite samples allow). sprites has one image per caption and trains
+  on all 649: prompts come from one half of the sprites (evals.sprites.real_halves) and FD is measured against
+  the other half.
 
 With --reuse it trains nothing: it judges the model the same command (same --root, --set, --minutes, --steps) left
 there, so one trained model can be judged with several samplers.
 
-Image i is prompted with class i mod (number of classes) and seeded with i, at every scale. Training time is
+Image i is seeded with i, at every scale. Training time is
 wall-clock on whatever machine runs it: the load average is printed with it, since other processes slow it.
 """
 from __future__ import annotations
@@ -38,14 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evals.digits import DigitsJudge
 from evals.distances import frechet_distance, mean_pairwise_distance, pca_features
-from evals.shapes import judge_shapes, summarize_judgements
-from evals.sprites import CLEAR_MARGIN, SpritesJudge, real_halves, sprites_tensor
+from evals.judges import evaluation
 from t2i_core.checkpoint import load_checkpoint
-from t2i_core.data.digits import DIGIT_WORDS, digits_caption, load_digits_arrays, make_digits_dataset
-from t2i_core.data.shapes import generate_shapes, make_shapes_dataset
-from t2i_core.data.sprites import load_sprites, make_sprites_dataset
+from t2i_core.data.builtin import BUILTIN_DATASETS, builtin_dataset
 from t2i_core.pipeline import T2IModel
 from t2i_core.samplers import SAMPLERS
 from t2i_core.text_encoder import FrozenTextEncoder, tiny_text_encoder
@@ -59,9 +57,8 @@ FULL, LATE = (0.0, 1.0), (0.4, 1.0)
 # (guidance scale, guidance interval): 1, 3 and 7.5 over the whole run as asked for, 1.5, and 3 and 7.5 guided
 # only from 40% of the run on (t <= 600 of 1000), which keeps the samples' variety (t2i_core/sampler.py)
 SETTINGS = ((1.0, FULL), (1.5, FULL), (3.0, FULL), (7.5, FULL), (3.0, LATE), (7.5, LATE))
-# a 32 px sprite costs 4x a 16 px image to sample (370 ms at w=1, 800-1000 guided, fp32 on a 2-core Zen 4), so
-# the sprites table keeps the three scales that matter: none, the default, strong
-SPRITES_SETTINGS = ((1.0, FULL), (3.0, FULL), (7.5, FULL))
+# images above 16 px keep the three scales that matter: none, the default, strong
+BIG_IMAGE_SETTINGS = ((1.0, FULL), (3.0, FULL), (7.5, FULL))
 
 
 @dataclass(frozen=True)
@@ -77,21 +74,12 @@ class Sampling:
 
 DEFAULT_SAMPLING = Sampling()
 
-RESOLUTION = 16  # digits are 8x8 at source; shapes are judged reliably at 16 px (100% on real images)
+RESOLUTION = 16  # the 16 px datasets' side (digits are 8x8 at source)
 PCA_COMPONENTS = 32
-SHAPES_TRAIN_COUNT = 1000
-SHAPES_HELDOUT_SEED = 1
-SPRITES_RESOLUTION = 32  # the sprites are 19-153 px drawings; the colour judge reads 100% of them right at 32 px
-# tiny on 2x2-pixel cells: at 32 px it trains 2.5x the images per second of tiny, and after 15 minutes on a 2-core
-# Zen 4 its samples at w=3 were nearest to the captioned sprite in 96% of cases (top-5 99.4%); tiny's top-5 was
-# 9% (docs/QUALITY.md, "sprites")
-SPRITES_PRESET = "tiny-patch2"
+# images per guidance setting: 50 per digit, 5 per shapes caption, one per sprite of the prompt half
+IMAGES = {"digits": 500, "shapes": 360, "sprites": 324}
+DEFAULT_IMAGES, QUICK_IMAGES = 360, 72
 GENERATION_BATCH = 250
-
-
-def digits_checkpoint_path(root: Path | None = None) -> Path:
-    """Where the digits model trained by this benchmark is kept (bench.steps reuses it)."""
-    return (root or BENCH_DIR) / "digits" / "digits.safetensors"
 
 
 @dataclass
@@ -206,183 +194,96 @@ def training_line(name: str, trained: Trained) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# digits
+# one dataset of the registry, judged by its Evaluation
 
-def bench_digits(*, minutes: float | None, steps: int | None, n: int, root: Path, log=None,
-                 trained: Trained | None = None, overrides: dict | None = None,
-                 guidance_starts: tuple[float, ...] = (), sampling: Sampling = DEFAULT_SAMPLING,
-                 reuse: bool = False) -> tuple[str, dict]:
-    train_dir = make_digits_dataset(root / "data" / f"digits{RESOLUTION}", RESOLUTION, "train")
-    if trained is None:
-        trained = train_fresh(train_dir, digits_checkpoint_path(root), minutes=minutes, steps=steps, log=log,
-                              reuse=reuse, **(overrides or {}))
-    judge = DigitsJudge(RESOLUTION)
-    real_train, _ = load_digits_arrays(RESOLUTION, "train")
-    heldout, heldout_labels = load_digits_arrays(RESOLUTION, "heldout")
-    pca = pca_features(real_train, PCA_COMPONENTS)
-    held_features = pca(heldout)
-    labels = [i % 10 for i in range(n)]
-    prompts = [digits_caption(k) for k in labels]
-    seeds = list(range(n))
-    real_div = within_prompt_diversity(heldout, heldout_labels.tolist())
-    real_fd = real_reference_fd(pca, real_train, heldout, n)
-    rows, figures = [], {"steps": trained.steps, "train_s": trained.train_s, "judge_heldout": judge.heldout_accuracy(),
-                         "real_diversity": real_div, "real_fd": real_fd}
-    for w, interval in SETTINGS:
+def model_path(root: Path, name: str, resolution: int) -> Path:
+    """Where the model this benchmark trains on a dataset is kept (bench.steps reuses the digits one)."""
+    return root / name / (f"{name}.safetensors" if resolution == RESOLUTION else f"{name}{resolution}.safetensors")
+
+
+def digits_checkpoint_path(root: Path | None = None) -> Path:
+    return model_path(root or BENCH_DIR, "digits", RESOLUTION)
+
+
+def settings_for(resolution: int) -> tuple[tuple[float, tuple[float, float]], ...]:
+    # an image above 16 px costs 4x or more to sample, so its table keeps the three scales that matter
+    return SETTINGS if resolution <= RESOLUTION else BIG_IMAGE_SETTINGS
+
+
+def score_text(value: float) -> str:
+    return "-" if np.isnan(value) else f"{value:.0%}"
+
+
+def bench_dataset(name: str, *, minutes: float | None, steps: int | None, n: int | None, root: Path, log=None,
+                  overrides: dict | None = None, sampling: Sampling = DEFAULT_SAMPLING, reuse: bool = False,
+                  guidance_starts: tuple[float, ...] = (), quick: bool = False) -> tuple[str, dict]:
+    """Train (or with reuse, load) a model on the built-in dataset `name` and judge it at each guidance setting:
+    the markdown section and its figures."""
+    dataset = builtin_dataset(name)
+    overrides = {"preset": dataset.preset, **(overrides or {})}
+    resolution = overrides.pop("resolution", dataset.resolution)
+    n = n or (QUICK_IMAGES if quick else IMAGES.get(name, DEFAULT_IMAGES))
+    train_dir = dataset.write(root / "data" / f"{name}{resolution}", resolution=resolution)
+    trained = train_fresh(train_dir, model_path(root, name, resolution), minutes=minutes, steps=steps, log=log,
+                          resolution=resolution, reuse=reuse, **overrides)
+    ev = evaluation(dataset.judge, resolution)
+    pca = pca_features(ev.reference_images, PCA_COMPONENTS)
+    held_features = pca(ev.heldout_images)
+    prompts, seeds = ev.prompts(n), list(range(n))
+    repeats = len(set(prompts)) < len(prompts)  # diversity among images of one prompt, else among all images
+
+    def diversity(images, keys) -> float:
+        return within_prompt_diversity(images, keys) if repeats else mean_pairwise_distance(images)
+    real_div = diversity(ev.heldout_images, ev.heldout_captions)
+    real_fd = real_reference_fd(pca, ev.reference_images, ev.heldout_images, n)
+    real_judged = ev.judge.judge(ev.heldout_images, ev.heldout_captions).adherence
+    figures = {"steps": trained.steps, "train_s": trained.train_s, "real_diversity": real_div, "real_fd": real_fd,
+               "real_adherence": real_judged}
+    rows = []
+    for w, interval in settings_for(resolution):
         label = setting_label(w, interval)
-        images, seconds = generate(trained.model, prompts, seeds, w, sampling=sampling, interval=interval)
-        adherence = judge.adherence(images, prompts)
-        per_digit = judge.predict(images) == np.asarray(labels)
-        worst = int(np.argmin([per_digit[np.asarray(labels) == d].mean() for d in range(10)]))
-        div = within_prompt_diversity(images, labels)
+        images, seconds = generate(trained.model, prompts, seeds, w, sampling=sampling, interval=interval,
+                                   resolution=resolution)
+        judged = ev.judge.judge(images, prompts)
+        div = diversity(images, prompts)
         fd = frechet_distance(pca(images), held_features)
-        figures[label] = {"adherence": adherence, "diversity": div, "fd": fd, "s_per_image": seconds / n}
-        rows.append(f"| {label} | **{adherence:.1%}** | {DIGIT_WORDS[worst]} {per_digit[np.asarray(labels) == worst].mean():.0%} "
-                    f"| {div:.3f} | {fd:.2f} ({fd / real_fd:.2f}x) | {seconds / n * 1000:.0f} |")
+        figures[label] = {"adherence": judged.adherence, **judged.scores, "diversity": div, "fd": fd,
+                          "s_per_image": seconds / n}
+        rows.append(f"| {label} | **{judged.adherence:.1%}** | "
+                    + " | ".join(score_text(judged.scores[a]) for a in ev.judge.attributes)
+                    + f" | {div:.3f} | {fd:.2f} ({fd / real_fd:.2f}x) | {seconds / n * 1000:.0f} |")
         if log:
-            log(f"  digits w={label}: adherence {adherence:.3f}, diversity {div:.3f}, FD {fd:.2f}")
-    text = "\n".join([
-        f"### digits ({RESOLUTION} px, sklearn's real digits, {len(real_train)} train / {len(heldout)} held out)",
+            log(f"  {name} w={label}: adherence {judged.adherence:.3f}, diversity {div:.3f}, FD {fd:.2f}")
+    attributes = list(ev.judge.attributes)
+    text = [
+        f"### {name} ({resolution} px; {dataset.description.split(': ', 1)[-1]})",
         "",
         training_line("Training", trained),
         "",
-        f"DigitsJudge reads {figures['judge_heldout']:.1%} of the real held-out digits correctly. "
-        f"{n} images per scale ({n // 10} per digit), seeds 0..{n - 1}, {sampling}, fp32. "
-        f"Real held-out digits: diversity {real_div:.3f}; real-vs-real FD {real_fd:.2f} (mean over 5 draws of "
-        f"{min(n, len(real_train))} real train images vs the {len(heldout)} held out; FD shrinks as n grows, so the "
-        f"reference uses the same n as the generated set).",
+        f"The judge: {ev.about}; it passes {real_judged:.1%} of the real held-out images. {n} images per scale, "
+        f"seeds 0..{n - 1}, {sampling}, fp32. Diversity is among images of the same prompt"
+        + ("" if repeats else " (no prompt repeats here, so among all images)")
+        + f"; FD is against {len(ev.heldout_images)} held-out real images, beside the real-vs-real FD of as many "
+          "real training images (mean of 5 draws).",
         "",
-        f"| w | adherence | worst digit | diversity (real {real_div:.3f}) | FD vs held-out (real-vs-real {real_fd:.2f}) "
-        "| ms/image |",
-        "|---|---|---|---|---|---|",
+        f"| w | adherence | {' | '.join(attributes)} | diversity (real {real_div:.3f}) "
+        f"| FD (real-vs-real {real_fd:.2f}) | ms/image |",
+        "|" + "---|" * (5 + len(attributes)),
         *rows,
-    ])
+    ]
     if guidance_starts:
         sweep = []
         for w in (3.0, 7.5):
             for start in guidance_starts:
-                images, seconds = generate(trained.model, prompts, seeds, w, sampling=sampling, interval=(start, 1.0))
+                images, seconds = generate(trained.model, prompts, seeds, w, sampling=sampling, interval=(start, 1.0),
+                                           resolution=resolution)
                 fd = frechet_distance(pca(images), held_features)
-                sweep.append(f"| {w:g} | {start:g} | {judge.adherence(images, prompts):.1%} | {fd:.2f} "
-                             f"({fd / real_fd:.2f}x) | {within_prompt_diversity(images, labels):.3f} "
-                             f"| {seconds / n * 1000:.0f} |")
-        text += "\n".join(["", "", "Where guidance starts (`guidance_interval=(start, 1)`), same model, prompts and seeds:",
-                           "", "| w | guidance from | adherence | FD (x real-vs-real) | diversity | ms/image |",
-                           "|---|---|---|---|---|---|", *sweep])
-    return text, figures
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# shapes
-
-def bench_shapes(*, minutes: float | None, steps: int | None, n: int, root: Path, log=None,
-                 overrides: dict | None = None, sampling: Sampling = DEFAULT_SAMPLING,
-                 reuse: bool = False) -> tuple[str, dict]:
-    train_dir = make_shapes_dataset(root / "data" / f"shapes{RESOLUTION}", SHAPES_TRAIN_COUNT, RESOLUTION, seed=0)
-    trained = train_fresh(train_dir, root / "shapes" / "shapes.safetensors", minutes=minutes, steps=steps, log=log,
-                          reuse=reuse, **(overrides or {}))
-    to_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255  # noqa: E731
-    real_train = to_tensor(generate_shapes(SHAPES_TRAIN_COUNT, RESOLUTION, seed=0)[0])
-    held_images, held_captions, _ = generate_shapes(720, RESOLUTION, seed=SHAPES_HELDOUT_SEED)
-    heldout = to_tensor(held_images)
-    pca = pca_features(real_train, PCA_COMPONENTS)
-    held_features = pca(heldout)
-    _, captions, _ = generate_shapes(max(n, 72), RESOLUTION, seed=SHAPES_HELDOUT_SEED)  # balanced: 72 combinations a cycle
-    prompts, seeds = captions[:n], list(range(n))
-    real_div = within_prompt_diversity(heldout, held_captions)
-    real_fd = real_reference_fd(pca, real_train, heldout, n)
-    real_judged = summarize_judgements(judge_shapes(heldout, held_captions))["all"]
-    rows, figures = [], {"steps": trained.steps, "train_s": trained.train_s, "real_diversity": real_div, "real_fd": real_fd}
-    for w, interval in SETTINGS:
-        label = setting_label(w, interval)
-        images, seconds = generate(trained.model, prompts, seeds, w, sampling=sampling, interval=interval)
-        s = summarize_judgements(judge_shapes(images, prompts))
-        div = within_prompt_diversity(images, prompts)
-        fd = frechet_distance(pca(images), held_features)
-        figures[label] = {**s, "diversity": div, "fd": fd, "s_per_image": seconds / n}
-        rows.append(f"| {label} | **{s['all']:.1%}** | {s['color']:.0%} | {s['shape']:.0%} | {s['position']:.0%} "
-                    f"| {s['size']:.0%} | {div:.3f} | {fd:.2f} ({fd / real_fd:.2f}x) | {seconds / n * 1000:.0f} |")
-        if log:
-            log(f"  shapes w={label}: all {s['all']:.3f}, diversity {div:.3f}, FD {fd:.2f}")
-    text = "\n".join([
-        f"### shapes ({RESOLUTION} px, {SHAPES_TRAIN_COUNT} generated training images, 72 captions)",
-        "",
-        training_line("Training", trained),
-        "",
-        f"judge_shapes passes {real_judged:.0%} of real held-out shapes. {n} images per scale, seeds 0..{n - 1}, "
-        f"{sampling}, fp32. Diversity is among images of the same caption.",
-        "",
-        f"| w | all | color | shape | position | size | diversity (real {real_div:.3f}) "
-        f"| FD vs held-out (real-vs-real {real_fd:.2f}) | ms/image |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *rows,
-    ])
-    return text, figures
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# sprites
-
-def bench_sprites(*, minutes: float | None, steps: int | None, n: int, root: Path, log=None,
-                  overrides: dict | None = None, resolution: int = SPRITES_RESOLUTION,
-                  sampling: Sampling = DEFAULT_SAMPLING, reuse: bool = False) -> tuple[str, dict]:
-    overrides = {"preset": SPRITES_PRESET, **(overrides or {})}
-    resolution = overrides.pop("resolution", resolution)
-    train_dir = make_sprites_dataset(root / "data" / f"sprites{resolution}", resolution)
-    trained = train_fresh(train_dir, root / "sprites" / f"sprites{resolution}.safetensors", minutes=minutes,
-                          steps=steps, log=log, resolution=resolution, reuse=reuse, **overrides)
-    arrays, captions, _ = load_sprites(resolution)
-    real = sprites_tensor(arrays)
-    judge = SpritesJudge(real, captions)
-    first, second = real_halves(len(real))
-    pca = pca_features(real[first], PCA_COMPONENTS)
-    second_features = pca(real[second])
-    # image i: the caption of first-half sprite i mod |first|, seed i (several seeds per prompt once n > |first|)
-    prompts, seeds = [captions[first[i % len(first)]] for i in range(n)], list(range(n))
-    real_judged = judge.judge(real, captions)
-    real_fd = real_reference_fd(pca, real[first], real[second], n)
-    real_div = mean_pairwise_distance(real[first])
-    rows, figures = [], {"steps": trained.steps, "train_s": trained.train_s, "real_fd": real_fd,
-                         "real_diversity": real_div, "real_color": real_judged["color"]}
-    for w, interval in SPRITES_SETTINGS:
-        label = setting_label(w, interval)
-        images, seconds = generate(trained.model, prompts, seeds, w, sampling=sampling, interval=interval,
-                                   resolution=resolution)
-        s = judge.judge(images, prompts)
-        div = mean_pairwise_distance(images)
-        within = within_prompt_diversity(images, prompts)
-        fd = frechet_distance(pca(images), second_features)
-        figures[label] = {**s, "diversity": div, "within_prompt_diversity": within, "fd": fd, "s_per_image": seconds / n}
-        within_text = "-" if np.isnan(within) else f"{within:.3f}"  # "-": no prompt has two images
-        rows.append(f"| {label} | **{s['top1']:.1%}** | {s['top5']:.1%} | **{s['color']:.1%}** | {s['color_clear']:.1%} "
-                    f"| {div:.3f} | {within_text} "
-                    f"| {fd:.2f} ({fd / real_fd:.2f}x) | {seconds / n * 1000:.0f} |")
-        if log:
-            log(f"  sprites w={label}: top-1 {s['top1']:.3f}, top-5 {s['top5']:.3f}, colour {s['color']:.3f} "
-                f"({s['color_clear']:.3f} on clear calls), FD {fd:.2f}")
-    chance = judge.retrieval(real[:1], captions[:1])
-    text = "\n".join([
-        f"### sprites ({resolution} px, {len(real)} Pokémon sprites, one caption each: colour, type(s), name)",
-        "",
-        training_line("Training", trained),
-        "",
-        f"{n} images per scale, prompts: the captions of {len(first)} of the sprites (image i: sprite i mod "
-        f"{len(first)}, seed i), {sampling}, fp32. Retrieval: the captioned sprite is the "
-        f"nearest of all {len(real)} training sprites in a {judge.features.shape[1]}-component PCA space (top-1; "
-        f"chance {chance['chance_top1']:.2%}) or among the 5 nearest (top-5; chance {chance['chance_top5']:.1%}). "
-        f"Colour: the dominant colour read from the pixels is the caption's (chance {judge.color_chance:.1%}; the "
-        f"real sprites score {real_judged['color']:.1%}); on clear calls only: the "
-        f"{sum(judge.clear[p] for p in prompts)} of {n} prompts whose sprite's own colour wins its vote by "
-        f"{CLEAR_MARGIN:g} or more of its colourful pixels (evals.sprites). FD against the other {len(second)} sprites; real-vs-real "
-        f"{real_fd:.2f}. Diversity among all images (real {real_div:.3f}) and among images of the same prompt.",
-        "",
-        f"| w | top-1 (chance {chance['chance_top1']:.2%}) | top-5 (chance {chance['chance_top5']:.1%}) "
-        f"| colour (chance {judge.color_chance:.1%}) | colour, clear calls | diversity (real {real_div:.3f}) | within prompt "
-        f"| FD (real-vs-real {real_fd:.2f}) | ms/image |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *rows,
-    ])
-    return text, figures
+                sweep.append(f"| {w:g} | {start:g} | {ev.judge.judge(images, prompts).adherence:.1%} | {fd:.2f} "
+                             f"({fd / real_fd:.2f}x) | {diversity(images, prompts):.3f} | {seconds / n * 1000:.0f} |")
+        text += ["", "Where guidance starts (`guidance_interval=(start, 1)`), same model, prompts and seeds:", "",
+                 "| w | guidance from | adherence | FD (x real-vs-real) | diversity | ms/image |",
+                 "|---|---|---|---|---|---|", *sweep]
+    return "\n".join(text), figures
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -391,7 +292,8 @@ def run(quick: bool = False, *, minutes: float | None = None, steps: int | None 
         datasets: tuple[str, ...] = ("digits", "shapes"), root: Path | None = None, log=None,
         overrides: dict | None = None, guidance_starts: tuple[float, ...] = (), sampling: Sampling = DEFAULT_SAMPLING,
         reuse: bool = False) -> str:
-    """The benchmark's markdown. quick: half a minute of training and 100 images per scale (a smoke run).
+    """The benchmark's markdown for `datasets` (names of t2i_core.data.builtin.BUILTIN_DATASETS). quick: half a
+    minute of training and QUICK_IMAGES images per scale (a smoke run).
     overrides: TrainConfig fields to change from the defaults (the models then go to a folder of their own, so
     the default digits model that bench.steps reads stays). guidance_starts: also sweep where guidance starts."""
     root = Path(root or BENCH_DIR)
@@ -404,29 +306,27 @@ def run(quick: bool = False, *, minutes: float | None = None, steps: int | None 
              f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')})"
              + (f"; changed from the defaults: {overrides}" if overrides else "")
              + (f"; sampling: {sampling}" if sampling != DEFAULT_SAMPLING else "")]
-    common = dict(minutes=minutes, steps=steps, root=root, log=log, overrides=overrides, sampling=sampling, reuse=reuse)
-    if "digits" in datasets:
-        parts.append(bench_digits(n=n or (100 if quick else 500), guidance_starts=guidance_starts, **common)[0])
-    if "shapes" in datasets:
-        parts.append(bench_shapes(n=n or (72 if quick else 360), **common)[0])
-    if "sprites" in datasets:
-        parts.append(bench_sprites(n=n or (100 if quick else 324), **common)[0])
+    for name in datasets:
+        parts.append(bench_dataset(name, minutes=minutes, steps=steps, n=n, root=root, log=log, overrides=overrides,
+                                   sampling=sampling, reuse=reuse, guidance_starts=guidance_starts, quick=quick)[0])
     return "\n\n".join(parts) + "\n"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="half a minute of training, 100 images per scale")
+    p.add_argument("--quick", action="store_true", help=f"half a minute of training, {QUICK_IMAGES} images per scale")
     p.add_argument("--minutes", type=float, help="training-time budget per dataset (default 3, quick 0.5)")
     p.add_argument("--steps", type=int, help="train this many steps (with --minutes: at most this many)")
-    p.add_argument("--n", type=int, help="images per guidance scale (default 500 digits / 360 shapes / 324 sprites: one per caption of the prompt half)")
-    p.add_argument("--datasets", default="digits,shapes", help="comma-separated: digits, shapes, sprites")
+    p.add_argument("--n", type=int, help="images per guidance scale (default: "
+                   + ", ".join(f"{k} {v}" for k, v in IMAGES.items()) + f", others {DEFAULT_IMAGES})")
+    p.add_argument("--datasets", default="digits,shapes",
+                   help=f"comma-separated built-in datasets, of: {', '.join(BUILTIN_DATASETS)}")
     p.add_argument("--root", type=Path, default=None, help=f"work folder (default {BENCH_DIR})")
     p.add_argument("--out", type=Path, help="also write the markdown here")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="train with a TrainConfig field changed, e.g. --set ema_decay=0.995 (repeatable)")
     p.add_argument("--guidance-starts", default="", metavar="LIST",
-                   help="digits: also sweep where guidance starts at w=3 and 7.5, e.g. 0,0.2,0.3,0.4,0.5,0.6")
+                   help="also sweep where guidance starts at w=3 and 7.5, e.g. 0,0.2,0.3,0.4,0.5,0.6")
     p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLING.sampler, help="t2i_core's sampler")
     p.add_argument("--sampling-steps", type=int, default=DEFAULT_SAMPLING.steps)
     p.add_argument("--eta", type=float, default=DEFAULT_SAMPLING.eta, help="DDIM's eta (0: deterministic)")
@@ -443,7 +343,11 @@ def main(argv=None):
         except ValueError:
             overrides[key] = value
     starts = tuple(float(x) for x in a.guidance_starts.split(",") if x)
-    text = run(a.quick, minutes=a.minutes, steps=a.steps, n=a.n, datasets=tuple(a.datasets.split(",")), root=a.root,
+    datasets = tuple(a.datasets.split(","))
+    for name in datasets:
+        if name not in BUILTIN_DATASETS:
+            p.error(f"--datasets: unknown dataset {name!r}; choose from {', '.join(BUILTIN_DATASETS)}")
+    text = run(a.quick, minutes=a.minutes, steps=a.steps, n=a.n, datasets=datasets, root=a.root,
                log=log, overrides=overrides, guidance_starts=starts,
                sampling=Sampling(a.sampler, a.sampling_steps, a.eta), reuse=a.reuse)
     print(text)

@@ -1,10 +1,18 @@
 """The shapes judge: an analytic check of the built-in shapes dataset's captions (color, shape, position,
 size), no learned model involved."""
 import numpy as np
+import torch
 
-from t2i_core.data.shapes import SHAPE_RGB, SHAPES_BACKGROUND_RGB, SHAPES_VOCAB, parse_shapes_caption
+from t2i_core.data.shapes import (
+    SHAPE_RGB,
+    SHAPES_BACKGROUND_RGB,
+    SHAPES_VOCAB,
+    generate_shapes,
+    parse_shapes_caption,
+)
 
 from .images import numpy_images
+from .judgement import Evaluation, Judgement
 
 SHAPE_ATTRIBUTES = ("color", "shape", "position", "size")
 # An upright triangle's mass sits low in its bounding box (centroid at 2/3 of
@@ -99,3 +107,35 @@ def summarize_judgements(judgements: list[dict]) -> dict[str, float]:
     """Fraction of images right on each attribute and on all of them."""
     keys = [k for k in judgements[0] if k != "detected"] if judgements else list(SHAPE_ATTRIBUTES) + ["all"]
     return {k: float(np.mean([j[k] for j in judgements])) if judgements else 0.0 for k in keys}
+
+
+class ShapesJudge:
+    """judge_shapes as a Judge: adherence is the share with all four attributes right."""
+
+    attributes = SHAPE_ATTRIBUTES
+
+    def judge(self, images, captions: list[str]) -> Judgement:
+        s = summarize_judgements(judge_shapes(images, captions))
+        return Judgement(s["all"], {a: s[a] for a in SHAPE_ATTRIBUTES})
+
+    def matches(self, images, captions: list[str]) -> np.ndarray:
+        return np.array([j["all"] for j in judge_shapes(images, captions)], dtype=bool)
+
+
+TRAIN_SEED, HELDOUT_SEED = 0, 1  # the training images are the shapes dataset's default seed, 0
+CAPTIONS_PER_CYCLE = len(SHAPES_VOCAB["color"]) * len(SHAPES_VOCAB["shape"]) * len(SHAPES_VOCAB["position"]) * len(
+    SHAPES_VOCAB["size"])
+
+
+def shapes_evaluation(resolution: int, train_count: int = 1000, heldout_count: int = 720) -> Evaluation:
+    """Prompts: held-out captions (seed 1), every combination once per 72; real images: the training set
+    (seed 0) and as many held-out shapes."""
+    def as_tensor(a):
+        return torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255
+
+    def prompts(n: int) -> list[str]:
+        return generate_shapes(max(n, CAPTIONS_PER_CYCLE), resolution, seed=HELDOUT_SEED)[1][:n]
+    held_images, held_captions, _ = generate_shapes(heldout_count, resolution, seed=HELDOUT_SEED)
+    return Evaluation(ShapesJudge(), prompts, as_tensor(generate_shapes(train_count, resolution, seed=TRAIN_SEED)[0]),
+                      as_tensor(held_images), held_captions,
+                      "judge_shapes reads colour, shape, position and size from the pixels (no learned model)")

@@ -17,10 +17,17 @@ Type and name are not read from pixels; retrieval covers the name (each name has
 import numpy as np
 import torch
 
-from t2i_core.data.sprites import COLOR_NAMES, color_votes, dominant_color, parse_sprites_caption
+from t2i_core.data.sprites import (
+    COLOR_NAMES,
+    color_votes,
+    dominant_color,
+    load_sprites,
+    parse_sprites_caption,
+)
 
 from .distances import pca_features
 from .images import numpy_images
+from .judgement import Evaluation, Judgement
 
 RETRIEVAL_COMPONENTS = 64
 TOP_K = 5
@@ -111,6 +118,32 @@ class SpritesJudge:
                 "color_clear": float(right[clear].mean()) if clear.any() else float("nan"),
                 "clear_share": float(clear.mean())}
 
-    def judge(self, images, captions: list[str]) -> dict[str, float]:
-        """Retrieval and colour adherence together."""
-        return {**self.retrieval(images, captions), **self.color_adherence(images, captions)}
+    attributes = ("top-1", f"top-{TOP_K}", "colour", "colour, clear calls")
+
+    def matches(self, images, captions: list[str]) -> np.ndarray:
+        """Per image, whether the nearest training sprite is the captioned one (top-1)."""
+        return self.ranks(images, captions) == 0
+
+    def judge(self, images, captions: list[str]) -> Judgement:
+        """Retrieval and colour adherence together; adherence is top-1 (the nearest training sprite is the
+        captioned one)."""
+        r, c = self.retrieval(images, captions), self.color_adherence(images, captions)
+        return Judgement(r["top1"], dict(zip(self.attributes, (r["top1"], r[f"top{TOP_K}"], c["color"],
+                                                                c["color_clear"]))))
+
+
+def sprites_evaluation(resolution: int) -> Evaluation:
+    """Prompts: the captions of one half of the sprites (real_halves; image i: sprite i mod the half); real
+    images: that half, and the other half to compare with."""
+    arrays, captions, _ = load_sprites(resolution)
+    real = sprites_tensor(arrays)
+    judge = SpritesJudge(real, captions)
+    first, second = real_halves(len(real))
+    chance = judge.retrieval(real[:1], captions[:1])
+    return Evaluation(judge, lambda n: [captions[first[i % len(first)]] for i in range(n)], real[first], real[second],
+                      [captions[i] for i in second],
+                      f"retrieval: the captioned sprite is the nearest of all {len(real)} in a "
+                      f"{judge.features.shape[1]}-component PCA space (top-1, chance {chance['chance_top1']:.2%}) or "
+                      f"among the {TOP_K} nearest (chance {chance[f'chance_top{TOP_K}']:.1%}); colour: the dominant "
+                      f"colour read from the pixels is the caption's (chance {judge.color_chance:.1%}), also over "
+                      f"the clear calls only (margin {CLEAR_MARGIN:g})")

@@ -100,12 +100,12 @@ def judge_samples(rows: list[tuple[str, list[Image.Image]]]) -> list[list[bool]]
     import numpy as np
     import torch
 
-    from evals.shapes import judge_shapes
-    verdicts = []
+    from evals.shapes import ShapesJudge
+    judge, verdicts = ShapesJudge(), []
     for line, images in rows:
         batch = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
                              for im in images])
-        verdicts.append([j["all"] for j in judge_shapes(batch, [line] * len(images))])
+        verdicts.append(judge.matches(batch, [line] * len(images)).tolist())
     return verdicts
 
 

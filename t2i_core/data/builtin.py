@@ -35,7 +35,7 @@ class BuiltinDataset:
 
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {d.name: d for d in (
-    BuiltinDataset("shapes", lambda f, n, r, s: make_shapes_dataset(f, count=n, resolution=r, seed=s), 16, "micro",
+    BuiltinDataset("shapes", lambda f, n, r, s: make_shapes_dataset(f, count=n, resolution=r, seed=s), 16, "tiny",
                    "shapes", "shapes: coloured circles, squares and triangles, captioned like 'a large red circle "
                    "on the left'.", "number of images", "which images are drawn"),
     BuiltinDataset("digits", lambda f, n, r, s: make_digits_dataset(f, resolution=r, split="train", seed=s), 16,
