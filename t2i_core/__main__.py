@@ -1,6 +1,7 @@
 """The engine's command line.
 
     python -m t2i_core train --dataset DIR --output model.safetensors [--steps N --resolution 16 ...]
+    python -m t2i_core make-dataset shapes DIR [--count 1000 --resolution 16]   (any built-in dataset)
 
 Every TrainConfig field is an option (`--max-minutes 3`, `--lr-schedule cosine`, `--validation-prompt TEXT`
 repeated, ...); `python -m t2i_core train --help` lists them with their defaults. The text encoder is the
@@ -26,6 +27,8 @@ import sys
 from pathlib import Path
 
 from . import distributed
+from .data.builtin import BUILTIN_DATASETS, builtin_dataset
+from .data.folder import DatasetError
 from .text_encoder import MINILM_INSTALL, TEXT_ENCODER_NAMES, TextEncoderError
 from .train import Progress, TrainCallbacks, TrainConfig, TrainingError, train
 
@@ -170,13 +173,41 @@ def run_train(args: dict) -> int:
         distributed.cleanup()
 
 
+def make_dataset_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("make-dataset", help="write a built-in dataset into a folder, to train on",
+                       description="Write a built-in captioned dataset (PNG + .txt per image) into FOLDER. "
+                                   + " ".join(d.description for d in BUILTIN_DATASETS.values()),
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("name", choices=list(BUILTIN_DATASETS))
+    p.add_argument("folder", type=Path, help="a new or empty folder (or one this command wrote before)")
+    p.add_argument("--count", type=int, default=1000,
+                   help="; ".join(f"{d.name}: {d.count}" for d in BUILTIN_DATASETS.values()))
+    p.add_argument("--resolution", type=int, default=None, help="side in pixels (default: the dataset's own, "
+                   + ", ".join(f"{d.name} {d.resolution}" for d in BUILTIN_DATASETS.values()) + ")")
+    p.add_argument("--seed", type=int, default=0, help="; ".join(f"{d.name}: {d.seed}" for d in BUILTIN_DATASETS.values()))
+    return p
+
+
+def run_make_dataset(args: dict) -> int:
+    dataset = builtin_dataset(args["name"])
+    try:
+        folder = dataset.write(args["folder"], count=args["count"], resolution=args["resolution"], seed=args["seed"])
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{dataset.name} written to {folder}; train on it with: python -m t2i_core train --dataset {folder} "
+          f"--output MODEL.safetensors --preset {dataset.preset} --resolution {args['resolution'] or dataset.resolution}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m t2i_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train_parser(sub)
+    make_dataset_parser(sub)
     args = vars(parser.parse_args(argv))
     command = args.pop("command")
-    return {"train": run_train}[command](args)
+    return {"train": run_train, "make-dataset": run_make_dataset}[command](args)
 
 
 if __name__ == "__main__":

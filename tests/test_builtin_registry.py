@@ -55,3 +55,16 @@ def test_each_dataset_builds_trains_a_step_and_is_judged(name, tmp_path):
     captions = ev.heldout_captions[:24]
     assert ev.judge.judge(real, captions).adherence >= 0.9
     assert ev.judge.judge(torch.roll(real, 1, dims=0), captions).adherence < 0.6
+
+
+def test_the_cli_writes_any_registered_dataset_and_refuses_a_foreign_folder(tmp_path, capsys):
+    from t2i_core.__main__ import main
+    assert main(["make-dataset", "shapes", str(tmp_path / "s"), "--count", "5"]) == 0
+    assert len(list((tmp_path / "s").glob("*.png"))) == 5 and "--preset tiny --resolution 16" in capsys.readouterr().out
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["make-dataset", "digits", str(tmp_path / "mine")]) == 2
+    assert "refusing to write there" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(SystemExit):
+        main(["make-dataset", "pets", str(tmp_path / "p")])
