@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from t2i_core.data import make_shapes_dataset
-from t2i_core.launch import PACKAGE_ROOT, config_args
-from t2i_core.train import TrainConfig
+from t2i_core.training.config import TrainConfig
+from t2i_core.training.launch import PACKAGE_ROOT, config_args
 
 from .common import THREADS, Section, Table, run_part
 

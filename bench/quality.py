@@ -47,8 +47,9 @@ from t2i_core.data.builtin import BUILTIN_DATASETS, builtin_dataset
 from t2i_core.pipeline import T2IModel
 from t2i_core.samplers import SAMPLERS
 from t2i_core.text_encoder import FrozenTextEncoder, tiny_text_encoder
-from t2i_core.train import TrainCallbacks, TrainConfig, train
-from t2i_core.train_state import training_files
+from t2i_core.training.config import TrainCallbacks, TrainConfig
+from t2i_core.training.state import training_files
+from t2i_core.training.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
 

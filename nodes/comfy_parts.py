@@ -132,6 +132,9 @@ class ComfyCLIPTextEncoder:
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         return {}
 
+    def process_state(self) -> None:
+        return None  # ComfyUI's object lives in the server's process only
+
     def to(self, device) -> ComfyCLIPTextEncoder:
         return self  # ComfyUI's model management moves it
 
@@ -180,6 +183,9 @@ class ComfyVAECodec(LatentScale):
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         return {}
+
+    def process_state(self) -> None:
+        return None  # ComfyUI's object lives in the server's process only
 
     def to(self, device) -> ComfyVAECodec:
         return self

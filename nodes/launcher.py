@@ -1,4 +1,4 @@
-"""The Train node with processes > 1: which GPUs the ranks get, and the run through t2i_core.launch.
+"""The Train node with processes > 1: which GPUs the ranks get, and the run through t2i_core.training.launch.
 
 The ranks run in a torchrun subprocess group that imports the engine only (not ComfyUI), so ComfyUI keeps
 serving while they train. On CUDA they take GPUs that ComfyUI isn't holding, or the ones the user lists; on a
@@ -12,8 +12,9 @@ import comfy.model_management as mm
 import torch
 
 from ..t2i_core.conditioning import Codec, TextEncoder
-from ..t2i_core.launch import launch, result_of
-from ..t2i_core.train import TrainCallbacks, TrainConfig, TrainingError, TrainResult
+from ..t2i_core.training.config import TrainCallbacks, TrainConfig, TrainResult
+from ..t2i_core.training.launch import launch, result_of
+from ..t2i_core.training.state import TrainingError
 
 
 def parse_devices(text: str) -> list[int]:

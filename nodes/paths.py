@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import folder_paths
 
 from ..t2i_core.text_encoder import MINILM_NAME
-from ..t2i_core.train_state import SNAPSHOT_FOLDER
+from ..t2i_core.training.state import SNAPSHOT_FOLDER
 
 MODEL_FOLDER = "t2i_mini"  # the folder_paths key and the folder name under models/
 CHECKPOINT_EXTENSION = ".safetensors"

@@ -17,7 +17,8 @@ from ..t2i_core import PRESETS
 from ..t2i_core.data.folder import fingerprint
 from ..t2i_core.devices import PRECISIONS
 from ..t2i_core.plot import loss_curve_image
-from ..t2i_core.train import LR_SCHEDULES, Progress, TrainCallbacks, TrainConfig, train
+from ..t2i_core.training.config import LR_SCHEDULES, Progress, TrainCallbacks, TrainConfig
+from ..t2i_core.training.trainer import train
 from . import paths
 from .comfy_format import images_to_comfy, preview
 from .comfy_model import core_model

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,13 +49,21 @@ class CheckpointError(ValueError):
     pass
 
 
+def part_tensors(parts: dict, state_of: Callable) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """The tensors of each part (text encoder, codec) under its name's prefix, with `state_of(name, part)` as its
+    weights, and its record marked with whether they are embedded."""
+    tensors, records = {}, {}
+    for name, obj in parts.items():
+        state = state_of(name, obj)
+        tensors.update(prefixed(name, state))
+        records[name] = {**obj.record(), "embedded": bool(state)}
+    return tensors, records
+
+
 def save_checkpoint(path: str | os.PathLike, model: T2IModel, training: dict | None = None) -> Path:
-    tensors = prefixed("unet", model.unet.state_dict())
-    records = {}
-    for part, obj in (("text_encoder", model.text_encoder), ("codec", model.codec)):
-        state = obj.checkpoint_state()
-        tensors.update(prefixed(part, state))
-        records[part] = {**obj.record(), "embedded": bool(state)}
+    tensors, records = part_tensors({"text_encoder": model.text_encoder, "codec": model.codec},
+                                    lambda name, obj: obj.checkpoint_state())
+    tensors.update(prefixed("unet", model.unet.state_dict()))
     metadata = {
         "format": FORMAT, "format_version": str(FORMAT_VERSION),
         "unet_config": json.dumps(model.unet.cfg.to_dict()),

@@ -61,6 +61,9 @@ class PixelCodec(nn.Module):
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         return {}
 
+    def process_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return images * 2 - 1
 
@@ -132,6 +135,9 @@ class VAECodec(LatentScale, nn.Module):
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         return self.vae.state_dict()
+
+    def process_state(self) -> dict[str, torch.Tensor]:
+        return self.checkpoint_state()
 
     def train(self, mode: bool = True):
         return super().train(False)

@@ -83,7 +83,9 @@ class TextEncoder(Protocol):
     checkpoint records it, so two different encoders never share cache entries and a model is not sampled
     with an encoder it was not trained with. `record()` is what a checkpoint stores about the encoder (its
     kind, name, identity, and how to get it back); `checkpoint_state()` the weights it embeds ({} for parts
-    that are too large to copy into every checkpoint, or that belong to another program)."""
+    that are too large to copy into every checkpoint, or that belong to another program); `process_state()` the
+    weights another process on this machine needs besides the record to rebuild it (training in several
+    processes), or None for a part that lives in this program only."""
     width: int  # D of the per-token states
     context_length: int  # tokens per prompt, at most
     identity: str
@@ -97,6 +99,8 @@ class TextEncoder(Protocol):
     def record(self) -> dict: ...
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]: ...
+
+    def process_state(self) -> dict[str, torch.Tensor] | None: ...
 
     def to(self, device) -> TextEncoder: ...
 
@@ -126,5 +130,9 @@ class Codec(Protocol):
     def record(self) -> dict: ...
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]: ...
+
+    def process_state(self) -> dict[str, torch.Tensor] | None:
+        """As TextEncoder.process_state."""
+        ...
 
     def to(self, device) -> Codec: ...

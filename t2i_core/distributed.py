@@ -6,7 +6,7 @@ torchrun starts N processes (ranks) and tells each its place through the environ
 LOCAL_RANK (its index on this machine), MASTER_ADDR/MASTER_PORT (the rendezvous). `from_environment` joins the
 process group: NCCL when CUDA is there (each rank on GPU LOCAL_RANK), gloo on the CPU.
 
-How a step is split (t2i_core.train):
+How a step is split (t2i_core.training.trainer):
 - Every rank draws the step's whole global batch from the generators seeded by (seed, step), exactly as one
   process does, and keeps its own rows: rank r of N takes rows r*B/N .. (r+1)*B/N (`rows`). The global batch,
   the learning rate and the CFG dropout therefore mean what they mean on one process, and a run saved by N ranks

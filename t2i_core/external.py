@@ -67,6 +67,9 @@ class ExternalTextEncoder:
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         return {}
 
+    def process_state(self) -> None:
+        return None  # nothing here to hand on: the part itself is missing
+
     def to(self, device) -> ExternalTextEncoder:
         return self
 
@@ -97,6 +100,9 @@ class ExternalCodec(LatentScale):
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         return {}
+
+    def process_state(self) -> None:
+        return None  # nothing here to hand on: the part itself is missing
 
     def to(self, device) -> ExternalCodec:
         return self

@@ -164,6 +164,10 @@ class FrozenCLIPTextEncoder(FrozenTextEncoder):
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         return self.tower.state_dict() if self.embeds_weights() else {}
 
+    def process_state(self) -> dict[str, torch.Tensor]:
+        # weights without a pretrained tag cannot be fetched by name, whatever their size
+        return self.tower.state_dict() if self.spec.pretrained is None else self.checkpoint_state()
+
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:
         tokens = self.tokenizer(prompts)
         truncated = [len(self.tokenizer.encode(p)) + 2 > self.context_length for p in prompts]
@@ -462,6 +466,9 @@ class FrozenBertTextEncoder(FrozenTextEncoder):
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         return {}
+
+    def process_state(self) -> dict[str, torch.Tensor]:
+        return {}  # the other process loads the same package or folder and checks the digest
 
     @torch.inference_mode()
     def encode(self, prompts: list[str] | str) -> EncodedText:

@@ -10,7 +10,9 @@ from t2i_test_utils import TEST_TEXT_CONFIG
 from t2i_core import TextEncoderSpec, build_text_encoder, load_checkpoint
 from t2i_core.data import DatasetError, load_dataset
 from t2i_core.data.buckets import bucket_sizes, bucket_step, nearest_bucket
-from t2i_core.train import TrainCallbacks, TrainConfig, Trainer, bucket_batch_positions, train
+from t2i_core.data.order import bucket_batch_positions
+from t2i_core.training.config import TrainCallbacks, TrainConfig
+from t2i_core.training.trainer import Trainer, train
 
 # (width, height) of the images of the mixed folder: wide, tall, square, very wide
 MIXED_SIZES = [(48, 24), (24, 48), (32, 32), (60, 20)] * 6

@@ -10,7 +10,8 @@ from evals.judges import JUDGES, evaluation
 from t2i_core import TextEncoderSpec, build_text_encoder
 from t2i_core.data.builtin import BUILTIN_DATASETS, builtin_dataset
 from t2i_core.samplers import SAMPLERS
-from t2i_core.train import TrainConfig, train
+from t2i_core.training.config import TrainConfig
+from t2i_core.training.trainer import train
 from t2i_core.unet import PRESETS
 
 
@@ -58,7 +59,7 @@ def test_each_dataset_builds_trains_a_step_and_is_judged(name, tmp_path):
 
 
 def test_the_cli_writes_any_registered_dataset_and_refuses_a_foreign_folder(tmp_path, capsys):
-    from t2i_core.__main__ import main
+    from t2i_core.training.cli import main
     assert main(["make-dataset", "shapes", str(tmp_path / "s"), "--count", "5"]) == 0
     assert len(list((tmp_path / "s").glob("*.png"))) == 5 and "--preset tiny --resolution 16" in capsys.readouterr().out
     (tmp_path / "mine").mkdir()

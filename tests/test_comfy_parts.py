@@ -12,7 +12,8 @@ from t2i_core.external import (
     PartMismatchError,
     check_same_part,
 )
-from t2i_core.train import TrainConfig, train
+from t2i_core.training.config import TrainConfig
+from t2i_core.training.trainer import train
 
 PROMPT = "a large red circle on the left"
 

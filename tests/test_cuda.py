@@ -9,7 +9,8 @@ from t2i_test_utils import TEST_TEXT_CONFIG, make_test_model
 
 from t2i_core import load_checkpoint, make_noise, resolve_precision, sample
 from t2i_core.data import make_shapes_dataset
-from t2i_core.train import TrainConfig, train
+from t2i_core.training.config import TrainConfig
+from t2i_core.training.trainer import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -1,4 +1,4 @@
-"""Data-parallel training (t2i_core.distributed, t2i_core.launch): 2 gloo ranks on the CPU against one process.
+"""Data-parallel training (t2i_core.distributed, t2i_core.training.launch): 2 gloo ranks on the CPU against one process.
 
 The ranks are real processes started by torchrun (`python -m torch.distributed.run ... -m t2i_core train`),
 as a user starts them. Training is the tiny preset at 16 px on 48 shapes images, a few steps.
@@ -16,9 +16,10 @@ import torch
 from t2i_core import PixelCodec, load_checkpoint, tiny_text_encoder
 from t2i_core.data import make_shapes_dataset
 from t2i_core.distributed import Distributed
-from t2i_core.launch import config_args, launch, result_of
-from t2i_core.train import TrainCallbacks, TrainConfig, Trainer, TrainingError, train
-from t2i_core.train_state import load_train_state, state_path
+from t2i_core.training.config import TrainCallbacks, TrainConfig
+from t2i_core.training.launch import config_args, launch, result_of
+from t2i_core.training.state import TrainingError, load_train_state, state_path
+from t2i_core.training.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 8  # the 2-rank run: enough to show the loss falling and the ranks' EMA weights staying identical
@@ -196,7 +197,7 @@ def test_killed_rank_is_a_clear_error_and_the_checkpoint_survives(shapes, work, 
 def test_config_round_trips_through_the_command_line(shapes, work):
     import argparse
 
-    from t2i_core.__main__ import train_parser
+    from t2i_core.training.cli import train_parser
     cfg = config(shapes, work, "cli", validation_prompts=["a red circle", "two words"], random_flip=True,
                  max_minutes=1.5, lr_schedule="cosine")
     parser = argparse.ArgumentParser()
@@ -216,7 +217,7 @@ def test_launch_reports_rank_0s_error_as_it_is(shapes, work, encoder):
 
 def test_parts_file_hands_the_ranks_the_same_encoder_and_vae(work, encoder):
     from t2i_core.codecs import vae_from_config
-    from t2i_core.launch import load_parts, save_parts
+    from t2i_core.parts_file import load_parts, save_parts
     torch.manual_seed(0)
     vae = vae_from_config(dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
                                layers_per_block=1, norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2,

@@ -29,7 +29,7 @@ from t2i_core.attention_maps import prompt_words
 from t2i_core.checkpoint import CheckpointError, read_checkpoint
 from t2i_core.data import make_shapes_dataset
 from t2i_core.external import ExternalTextEncoder
-from t2i_core.launch import load_parts, save_parts
+from t2i_core.parts_file import load_parts, save_parts
 from t2i_core.schedule import NoiseSchedule, ScheduleConfig
 from t2i_core.text_encoder import (
     BERT_TOKENIZER_FILES,
@@ -38,7 +38,8 @@ from t2i_core.text_encoder import (
     minilm_folder,
     text_encoder_by_name,
 )
-from t2i_core.train import TrainConfig, train
+from t2i_core.training.config import TrainConfig
+from t2i_core.training.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -286,7 +287,7 @@ def test_training_with_it_and_sampling_in_a_fresh_process(minilm, tmp_path):
 def test_command_line_picks_it(minilm, tiny_bert_folder):
     import argparse
 
-    from t2i_core.__main__ import text_encoder_from, train_parser
+    from t2i_core.training.cli import text_encoder_from, train_parser
     parser = train_parser(argparse.ArgumentParser().add_subparsers())
     for flags, width in ((["--text-encoder", "minilm"], 384), (["--text-encoder-folder", str(tiny_bert_folder)], 32)):
         args = vars(parser.parse_args(["--dataset", "d", "--output", "o.safetensors", *flags]))

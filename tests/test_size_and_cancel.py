@@ -13,7 +13,9 @@ from t2i_core.geometry import (
     check_sample_size,
     check_train_size,
 )
-from t2i_core.train import TrainConfig, Trainer, TrainingError
+from t2i_core.training.config import TrainConfig
+from t2i_core.training.state import TrainingError
+from t2i_core.training.trainer import Trainer
 from t2i_core.unet import preset_config
 
 

@@ -5,17 +5,11 @@ from t2i_test_utils import TEST_TEXT_CONFIG
 from t2i_core import TextEncoderSpec, build_text_encoder, load_checkpoint
 from t2i_core.data import make_shapes_dataset
 from t2i_core.data.cache import TensorCache
+from t2i_core.data.captions import CaptionTable
 from t2i_core.plot import loss_curve_image
-from t2i_core.train import (
-    CaptionTable,
-    TrainCallbacks,
-    TrainConfig,
-    Trainer,
-    TrainingError,
-    min_snr_weight,
-    train,
-)
-from t2i_core.train_state import state_path
+from t2i_core.training.config import TrainCallbacks, TrainConfig
+from t2i_core.training.state import TrainingError, state_path
+from t2i_core.training.trainer import Trainer, min_snr_weight, train
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,11 @@ import torch
 from t2i_test_utils import TEST_TEXT_CONFIG
 
 from t2i_core import TextEncoderSpec, build_text_encoder, load_checkpoint
-from t2i_core import __main__ as cli
-from t2i_core import train as train_module
 from t2i_core.data import make_shapes_dataset
-from t2i_core.train import TrainCallbacks, TrainConfig, train
+from t2i_core.training import cli
+from t2i_core.training import trainer as train_module
+from t2i_core.training.config import TrainCallbacks, TrainConfig
+from t2i_core.training.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""t2i_core.train_state.TrainingLock: one run per checkpoint name at a time; a dead holder's lock is taken over."""
+"""t2i_core.training.state.TrainingLock: one run per checkpoint name at a time; a dead holder's lock is taken over."""
 import json
 import os
 import subprocess
@@ -10,13 +10,14 @@ from t2i_test_utils import TEST_TEXT_CONFIG
 
 from t2i_core import TextEncoderSpec, build_text_encoder
 from t2i_core.data import make_shapes_dataset
-from t2i_core.train import TrainConfig, Trainer, train
-from t2i_core.train_state import TrainingError, TrainingLock, lock_path, training_files
+from t2i_core.training.config import TrainConfig
+from t2i_core.training.state import TrainingError, TrainingLock, lock_path, training_files
+from t2i_core.training.trainer import Trainer, train
 
 
 def hold_lock_in_another_process(output):
     """A live process that holds `output`'s lock (as a second ComfyUI or a command-line run would)."""
-    code = ("import sys, time; from t2i_core.train_state import TrainingLock; "
+    code = ("import sys, time; from t2i_core.training.state import TrainingLock; "
             f"TrainingLock({str(output)!r}).acquire(); print('held', flush=True); time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": os.getcwd()})

@@ -8,8 +8,8 @@ from t2i_test_utils import TEST_TEXT_CONFIG
 
 from t2i_core import PixelCodec, TextEncoderSpec, build_text_encoder
 from t2i_core.data import make_shapes_dataset
-from t2i_core.train import TrainConfig
-from t2i_core.train_state import history_path
+from t2i_core.training.config import TrainConfig
+from t2i_core.training.state import history_path
 
 WARMUP = TrainConfig.warmup_steps  # the node does not set it
 STEPS = WARMUP + 10  # past the warm-up, so the learning-rate schedule shows

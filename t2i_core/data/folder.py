@@ -313,7 +313,7 @@ class CaptionedImages:
         items = self._items(positions)
         if self.item_bucket is not None and len({self.item_bucket[i] for i in items.tolist()}) > 1:
             raise ValueError("the positions of one batch must all come from one aspect-ratio bucket; draw them with "
-                             "t2i_core.train.bucket_batch_positions")
+                             "t2i_core.data.order.bucket_batch_positions")
         images = gather(self.images, items)
         size = self.resolution if self.item_bucket is None else images.shape[-1]  # a bucket is stored at its size
         augmenting = generator is not None

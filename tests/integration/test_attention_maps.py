@@ -58,7 +58,8 @@ def shapes_model(tmp_path_factory):
 
     from t2i_core import TextEncoderSpec, build_text_encoder
     from t2i_core.data import make_shapes_dataset
-    from t2i_core.train import TrainConfig, train
+    from t2i_core.training.config import TrainConfig
+    from t2i_core.training.trainer import train
     root = tmp_path_factory.mktemp("attention_shapes")
     data = make_shapes_dataset(root / "shapes", count=720, resolution=16, seed=0)
     config = TrainConfig(dataset=str(data), output=str(root / "shapes.safetensors"), preset="micro", resolution=16,

@@ -153,7 +153,7 @@ def trained_here(faults):
 
 def test_two_prompts_on_one_name_queued_back_to_back(faults, trained_here):
     from t2i_core import load_checkpoint
-    from t2i_core.train_state import load_train_state
+    from t2i_core.training.state import load_train_state
     stem = trained_here.removesuffix(".safetensors")
     state = load_train_state(faults.models / f"{stem}.t2istate")
     assert state.step == 6 and [h["step"] for h in state.history] == list(range(1, 7))
@@ -167,7 +167,7 @@ def test_a_checkpoint_held_by_another_process_is_refused_then_freed(faults, trai
     output = faults.models / trained_here
     stem = trained_here.removesuffix(".safetensors")
     before = (faults.models / f"{stem}.t2istate").read_bytes()
-    code = ("import time; from t2i_core.train_state import TrainingLock; "
+    code = ("import time; from t2i_core.training.state import TrainingLock; "
             f"TrainingLock({str(output)!r}).acquire(); print('held', flush=True); time.sleep(300)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
@@ -313,7 +313,7 @@ def test_disk_full_keeps_the_previous_checkpoint_and_says_so(faults, trained_her
 
 def test_sigkill_mid_training_then_restart_resumes(faults):
     from t2i_core import load_checkpoint
-    from t2i_core.train_state import load_train_state
+    from t2i_core.training.state import load_train_state
     server, name = faults.server, unique("killed")
     ckpt, state = faults.models / f"{name}.safetensors", faults.models / f"{name}.t2istate"
     server.queue(train_prompt(name, steps=100_000, checkpoint_every=2, validation_prompts=""))

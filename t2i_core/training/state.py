@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write, prefixed, read_safetensors, save_safetensors, take
+from ..files import atomic_write, prefixed, read_safetensors, save_safetensors, take
 
 STATE_FORMAT = "t2i-mini-train-state"
 STATE_SUFFIX = ".t2istate"

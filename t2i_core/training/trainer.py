@@ -11,7 +11,7 @@ Never losing work:
   of step k come from generators seeded with (seed, k). A run resumed at step k therefore continues
   exactly as the uninterrupted run would, with no RNG state to save.
 - `<name>.t2istate` holds what resuming needs, `<name>.safetensors` is the checkpoint to generate with
-  (EMA weights); t2i_core.train_state has the files. Both are written atomically, state first, every
+  (EMA weights); t2i_core.training.state has the files. Both are written atomically, state first, every
   `checkpoint_every` steps, at the end, on cancel and on an exception.
 - A NaN/inf loss stops training before the bad step is applied; the last checkpoint stays intact.
 """
@@ -22,25 +22,28 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import save_checkpoint
-from .codecs import PixelCodec
-from .conditioning import Codec, Conditioning, TextEncoder
-from .data.cache import TensorCache
-from .data.folder import CaptionedImages, augment, fingerprint, gather, load_dataset
-from .devices import autocast, default_device, resolve_precision
-from .distributed import SINGLE, Distributed
-from .geometry import check_train_size, image_multiple, latent_shape
-from .pipeline import T2IModel
-from .sampler import make_noise, sample
-from .schedule import NoiseSchedule, ScheduleConfig
-from .train_state import (
+from ..checkpoint import save_checkpoint
+from ..codecs import PixelCodec
+from ..conditioning import Codec, Conditioning, TextEncoder
+from ..data.cache import TensorCache
+from ..data.captions import CaptionTable
+from ..data.folder import CaptionedImages, augment, fingerprint, gather, load_dataset
+from ..data.order import batch_positions, bucket_batch_positions, step_generator
+from ..devices import autocast, default_device, resolve_precision
+from ..distributed import SINGLE, Distributed
+from ..geometry import check_train_size, image_multiple, latent_shape
+from ..pipeline import T2IModel
+from ..sampler import make_noise, sample
+from ..schedule import NoiseSchedule, ScheduleConfig
+from ..unet import TextConditionedUNet, preset_config
+from .config import Progress, TrainCallbacks, TrainConfig, TrainResult, lr_factor
+from .state import (
     TrainingError,
     TrainingLock,
     TrainState,
@@ -50,142 +53,6 @@ from .train_state import (
     state_path,
     write_history_csv,
 )
-from .unet import PRESETS, TextConditionedUNet, preset_config
-
-LR_SCHEDULES = ("constant", "cosine")  # after the linear warmup: stay, or fall to 0 at `steps` (lr_factor)
-
-
-@dataclass
-class TrainConfig:
-    dataset: str
-    output: str  # the checkpoint to write, e.g. models/t2i_mini/shapes.safetensors
-    preset: str = "tiny"
-    resolution: int = 16
-    steps: int = 1000
-    max_minutes: float = 0.0  # training-time budget; 0 = none. Reaching it saves and stops, like a cancel
-    batch_size: int = 64
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3
-    lr_schedule: str = "constant"  # or "cosine"
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    cfg_dropout: float = 0.1
-    ema_decay: float = 0.999
-    # Min-SNR-gamma weighting, 0 = off (the plain loss, the default). Min-SNR weights a timestep by about its SNR,
-    # which starves the high noise where the caption's layout (position) is decided: the plain loss wins in short
-    # runs and on identity captions (sprites), Min-SNR-5 on attribute captions (shapes) in long runs of `tiny`
-    # (docs/QUALITY.md, "Loss weighting"). So 5 is worth a try for attribute captions and many steps.
-    min_snr_gamma: float = 0.0
-    noise_offset: float = 0.0
-    # v-prediction: higher adherence in fewer steps than epsilon on digits, with a lower Frechet distance
-    # (docs/QUALITY.md, "What moved it")
-    prediction_type: str = "v_prediction"
-    beta_schedule: str = "scaled_linear"
-    precision: str = "auto"
-    # torch.compile the U-Net's training forward and backward: faster steps on a GPU after minutes of compiling,
-    # so for long GPU runs; on this project's CPUs it does not repay its compile time (docs/PERFORMANCE.md, "GPU")
-    compile: bool = False
-    seed: int = 0
-    resume: bool = True
-    checkpoint_every: int = 250
-    keep_last: int = 2  # step-numbered snapshots kept beside the checkpoint; 0 keeps none
-    validation_prompts: list[str] = field(default_factory=list)
-    validation_every: int = 0  # 0: only at the end (when there are prompts)
-    validation_steps: int = 20
-    validation_guidance: float = 3.0
-    random_crop: bool = False
-    random_flip: bool = False
-    # aspect-ratio buckets (t2i_core.data.buckets): "auto" uses them when the images are not all one shape
-    buckets: str = "auto"  # or "on", "off" (centre-crop every image square)
-    cache_dir: str | None = None  # caption/latent cache; default ~/.cache/t2i-mini
-    # a resolution whose largest attention layer has more than geometry.MAX_ATTENTION_TOKENS positions is refused
-    # with its cost estimate unless this is on
-    allow_large_sizes: bool = False
-
-    def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        for name in ("steps", "batch_size", "grad_accum", "resolution"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_minutes < 0:
-            raise ValueError(f"max_minutes must be >= 0 (0 = no time budget), got {self.max_minutes}")
-        if not 0 <= self.cfg_dropout < 1:
-            raise ValueError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
-        if self.buckets not in ("auto", "on", "off"):
-            raise ValueError(f"buckets must be 'auto', 'on' or 'off', got {self.buckets!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if not str(self.output).endswith(".safetensors"):
-            raise ValueError(f"output must be a .safetensors path, got {self.output!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
-
-    # What must match for a run to be resumed (changing steps, lr or validation settings is fine).
-    ARCHITECTURE_FIELDS = ("preset", "resolution", "prediction_type", "beta_schedule")
-
-
-@dataclass
-class Progress:
-    step: int
-    total: int
-    loss: float
-    lr: float
-    images_per_s: float
-    eta_s: float
-
-
-@dataclass
-class TrainCallbacks:
-    on_progress: Callable[[Progress], None] | None = None
-    should_stop: Callable[[], bool] | None = None  # checked every step; True saves and stops
-    on_validation: Callable[[int, torch.Tensor], None] | None = None  # (step, images [B,3,H,W] 0..1)
-    log: Callable[[str], None] | None = None
-
-
-@dataclass
-class TrainResult:
-    model: T2IModel  # with EMA weights
-    checkpoint: Path
-    step: int
-    stopped: bool  # cancelled, or out of time, before config.steps
-    history: list[dict]
-    out_of_time: bool = False  # stopped because config.max_minutes of training time were spent
-
-
-def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
-    """A generator that depends only on (seed, step, stream): the root of exact resume."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + stream)
-
-
-def batch_positions(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
-    """Positions of step `step`'s batch in an endless sequence of per-epoch shuffles of range(n)."""
-    start = step * batch
-    out = []
-    while len(out) < batch:
-        epoch, offset = divmod(start + len(out), n)
-        perm = torch.randperm(n, generator=step_generator(seed, epoch, 7))
-        out.extend(perm[offset: offset + batch - len(out)].tolist())
-    return torch.tensor(out)
-
-
-def bucket_batch_positions(position_buckets: list[int], batch: int, seed: int, step: int) -> torch.Tensor:
-    """Positions of step `step`'s batch when each batch comes from one aspect-ratio bucket (position_buckets[p]:
-    the bucket of position p). Each epoch shuffles every bucket's positions, splits them into ceil(size / batch)
-    batches as equal as possible (so a bucket of 70 gives two of 35, not 64 and 6), and shuffles the order of all
-    those batches; step k takes batch k mod (batches per epoch) of epoch k div it. A function of (seed, step)."""
-    groups = [torch.tensor([p for p, b in enumerate(position_buckets) if b == bucket])
-              for bucket in sorted(set(position_buckets))]
-    per_epoch = sum(-(-len(g) // batch) for g in groups)
-    epoch, slot = divmod(step, per_epoch)
-    gen = step_generator(seed, epoch, 8)
-    batches = []
-    for g in groups:
-        batches.extend(torch.tensor_split(g[torch.randperm(len(g), generator=gen)], -(-len(g) // batch)))
-    return batches[int(torch.randperm(per_epoch, generator=gen)[slot])]
 
 
 def check_writable(output: Path):
@@ -199,56 +66,11 @@ def check_writable(output: Path):
         raise TrainingError(f"cannot write the checkpoint {output}: {e}; choose a folder you can write to") from e
 
 
-class CaptionTable:
-    """Every distinct caption's text states, encoded once (and cached on disk by content), as one padded tensor.
-
-    Row 0 is the empty prompt, which CFG dropout substitutes. Each caption keeps its real tokens only (up to
-    and including end-of-text) and the rows are padded to the longest: the key mask hides the padding, so this
-    changes no output and saves cross-attention work. Each caption is encoded alone, so its states are a
-    function of the encoder and the text only, whichever captions share the cache.
-    """
-
-    def __init__(self, encoder: TextEncoder, captions: list[str], cache: TensorCache | None, device):
-        self.rows = {c: i for i, c in enumerate(dict.fromkeys(["", *captions]))}
-        states = [self.encoded(encoder, text, cache) for text in self.rows]
-        lengths = torch.tensor([len(s) for s in states])
-        length = int(lengths.max())
-        self.context = torch.stack([F.pad(s, (0, 0, 0, length - len(s))) for s in states]).to(device)
-        self.key_mask = (torch.arange(length)[None] < lengths[:, None]).to(device)
-
-    @staticmethod
-    def encoded(encoder: TextEncoder, text: str, cache: TensorCache | None) -> torch.Tensor:
-        """The caption's real-token states (L, D), from the cache or the encoder."""
-        key = TensorCache.key("caption real-token states", encoder.identity, text)
-        hit = cache.get(key) if cache is not None else None
-        if hit is None:
-            cond = encoder.encode([text]).conditioning
-            real = cond.context.shape[1] if cond.key_mask is None else int(cond.key_mask[0].nonzero().max()) + 1
-            hit = cond.context[0, :real].float().cpu()
-            if cache is not None:
-                cache.put(key, hit)
-        return hit
-
-    def lookup(self, captions: list[str], drop: torch.Tensor) -> Conditioning:
-        rows = torch.tensor([self.rows[c] for c in captions])
-        rows = torch.where(drop, torch.zeros_like(rows), rows).to(self.context.device)
-        return Conditioning(self.context[rows], self.key_mask[rows])
-
-
 def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma)/SNR for eps, min(SNR, gamma)/(SNR + 1) for v."""
     snr = schedule.snr(t)
     clipped = torch.clamp(snr, max=gamma)
     return clipped / snr if schedule.cfg.prediction_type == "epsilon" else clipped / (snr + 1)
-
-
-def lr_factor(cfg: TrainConfig, step: int) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "cosine":
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return 1.0
 
 
 class Trainer:

@@ -39,19 +39,18 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, load_codec_part, load_text_encoder_part
-from .codecs import VAECodec
-from .conditioning import Codec, TextEncoder
-from .files import prefixed, read_safetensors, save_safetensors, take
-from .train import Progress, TrainCallbacks, TrainConfig, TrainResult
-from .train_state import TrainingError, load_train_state, state_path
+from ..checkpoint import load_checkpoint
+from ..conditioning import Codec, TextEncoder
+from ..files import read_safetensors, save_safetensors
+from ..parts_file import save_parts
+from .config import Progress, TrainCallbacks, TrainConfig, TrainResult
+from .state import TrainingError, load_train_state, state_path
 
-PARTS_FORMAT = "t2i-mini-parts"
 VALIDATION_FORMAT = "t2i-mini-validation-images"
 POLL_S = 0.2
 STOP_GRACE_S = 600.0  # how long rank 0 may take to save after a cancel before the group is killed
 LOG_TAIL_LINES = 25
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the folder holding t2i_core, for `-m t2i_core`
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding t2i_core, for `-m t2i_core`
 
 
 # ---- the events file ----
@@ -94,38 +93,6 @@ def read_validation_images(path: Path) -> torch.Tensor:
     tensors, _ = read_safetensors(path, expected_format=VALIDATION_FORMAT, what="validation image file",
                                   error=TrainingError)
     return tensors["images"]
-
-
-# ---- the text encoder and codec, handed to the ranks ----
-def save_parts(path: str | os.PathLike, text_encoder: TextEncoder, codec: Codec) -> Path:
-    """The caller's text encoder and codec as one file each rank loads (always with their weights, whatever
-    their size: it is a temporary file, not a checkpoint; a BERT encoder is named by its package or folder, on
-    the same machine, and each rank reloads it and checks its digest)."""
-    tensors, metadata = {}, {"format": PARTS_FORMAT}
-    for part, obj in (("text_encoder", text_encoder), ("codec", codec)):
-        record = obj.record()
-        if record.get("kind") not in ("open_clip", "bert", "pixel", "vae"):
-            raise TrainingError(f"training in several processes needs this pack's own {part.replace('_', ' ')} "
-                                f"(a {record.get('kind', type(obj).__name__)} lives in this program only): load it "
-                                "with the pack's loader nodes, or train with processes 1")
-        state = obj.tower.state_dict() if record.get("kind") == "open_clip" and record.get("pretrained") is None \
-            else obj.checkpoint_state()
-        tensors.update(prefixed(part, state))
-        metadata[part] = json.dumps({**record, "embedded": bool(state)})
-    return save_safetensors(tensors, metadata, path)
-
-
-def load_parts(path: str | os.PathLike) -> tuple[TextEncoder, Codec]:
-    tensors, meta = read_safetensors(path, expected_format=PARTS_FORMAT, what="parts file", error=TrainingError)
-    codec_record = json.loads(meta["codec"])
-    text_encoder = load_text_encoder_part(path, json.loads(meta["text_encoder"]), take(tensors, "text_encoder"))
-    codec = load_codec_part(path, codec_record, take(tensors, "codec"))
-    if isinstance(codec, VAECodec):
-        # The same weights and config as the caller's VAE, so the caller's identity: a VAE rebuilt from its
-        # config loses diffusers' private `_use_default_values` key, which VAECodec.identity hashes, and the
-        # checkpoint the ranks save must name the VAE the user connects (external.check_same_part compares them).
-        codec._id = codec_record["identity"]
-    return text_encoder, codec
 
 
 # ---- the command ----
@@ -211,7 +178,7 @@ def launch(config: TrainConfig, text_encoder: TextEncoder, codec: Codec, process
     passing progress, validation images and log lines to `callbacks` and a cancel (`should_stop`) to rank 0."""
     cb = callbacks or TrainCallbacks()
     if processes < 2:
-        raise ValueError("launch is for 2 or more processes; train in-process with t2i_core.train.train")
+        raise ValueError("launch is for 2 or more processes; train in-process with t2i_core.training.train")
     if config.batch_size % processes:
         raise TrainingError(f"batch_size {config.batch_size} does not split over {processes} processes: each takes "
                             f"an equal share of the global batch. Choose a multiple of {processes}")
