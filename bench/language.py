@@ -39,17 +39,17 @@ DATASETS = ("digits", "shapes")
 
 
 def digits_task(root: Path, n: int):
-    """(train folder, [(held-out prompt, canonical caption)], judge(images, canonical) -> per-image bool, wordings
-    per caption, captions per class)."""
+    """(train folder, [(held-out prompt, canonical caption)], the judge, wording templates, images per template
+    block)."""
     ev = evaluation("digits", RESOLUTION)
     return (builtin_dataset("digits").write(root / "data" / f"digits{RESOLUTION}", resolution=RESOLUTION),
-            digits_wordings(n), ev.judge.matches, len(DIGIT_TEMPLATES), 10)
+            digits_wordings(n), ev.judge, len(DIGIT_TEMPLATES), 10)
 
 
 def shapes_task(root: Path, n: int):
     ev = evaluation("shapes", RESOLUTION)
     return (builtin_dataset("shapes").write(root / "data" / f"shapes{RESOLUTION}", resolution=RESOLUTION),
-            shapes_wordings(ev.prompts(n)), ev.judge.matches, len(SHAPE_TEMPLATES), 1)
+            shapes_wordings(ev.prompts(n)), ev.judge, len(SHAPE_TEMPLATES), 1)
 
 
 TASKS = {"digits": digits_task, "shapes": shapes_task}
@@ -60,10 +60,11 @@ def run(*, steps: int = 600, n: int = 200, w: float = 3.0, datasets=DATASETS, en
     root = Path(root or BENCH_DIR) / "language"
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     sampling = Sampling()
-    rows, per_template, training = [], [], []
+    rows, per_template, training, per_attribute = [], [], [], []
     width = max(len(DIGIT_TEMPLATES), len(SHAPE_TEMPLATES))
     for name in datasets:
-        train_dir, wordings, per_image, templates, block = TASKS[name](root, n)
+        train_dir, wordings, judge, templates, block = TASKS[name](root, n)
+        attribute_rows = []
         heldout = [p for p, _ in wordings]
         canonical = [c for _, c in wordings]
         seeds = list(range(n))
@@ -75,7 +76,10 @@ def run(*, steps: int = 600, n: int = 200, w: float = 3.0, datasets=DATASETS, en
             training.append(training_line(f"{name}, {encoder_name}", trained))
             seen, _ = generate(trained.model, canonical, seeds, w, sampling=sampling)
             new, _ = generate(trained.model, heldout, seeds, w, sampling=sampling)
-            a, b = per_image(seen, canonical), per_image(new, canonical)
+            a, b = judge.matches(seen, canonical), judge.matches(new, canonical)
+            scores_seen, scores_new = judge.judge(seen, canonical).scores, judge.judge(new, canonical).scores
+            attribute_rows.append(f"| {encoder_name} | " + " | ".join(
+                f"{scores_seen[k]:.0%} / {scores_new[k]:.0%}" for k in judge.attributes) + " |")
             kept = b.mean() / max(a.mean(), 1e-9)
             rows.append(f"| {name} | {encoder_name} | {a.mean():.1%} | {b.mean():.1%} | **{kept:.2f}** |")
             # image i used template (i // block) mod templates (evals.wordings)
@@ -85,6 +89,9 @@ def run(*, steps: int = 600, n: int = 200, w: float = 3.0, datasets=DATASETS, en
                                              for t in range(width)) + " |")
             if log:
                 log(f"  {name} {encoder_name}: training wording {a.mean():.3f}, held-out {b.mean():.3f}")
+        per_attribute += ["", f"{name}, by attribute (training wording / held-out wording):", "",
+                          "| text encoder | " + " | ".join(judge.attributes) + " |",
+                          "|---|" + "---|" * len(judge.attributes), *attribute_rows]
     return "\n".join([
         f"## What language buys ({time.strftime('%Y-%m-%d %H:%M')})",
         "",
@@ -103,6 +110,7 @@ def run(*, steps: int = 600, n: int = 200, w: float = 3.0, datasets=DATASETS, en
         "| dataset | text encoder | " + " | ".join(f"t{i}" for i in range(width)) + " |",
         "|---|---|" + "---|" * width,
         *per_template,
+        *per_attribute,
     ]) + "\n"
 
 
