@@ -5,9 +5,14 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
-from . import attention, conditioning, datasets, images, loaders, paths, sampling, training
+from . import attention, conditioning, datasets, images, loaders, paths, sampling, training, training_runs
 
 paths.register_model_folder()
+try:
+    from server import PromptServer
+    training_runs.register_routes(PromptServer.instance)
+except (ImportError, AttributeError):  # ComfyUI's modules without a running server (in-process tests)
+    pass
 
 
 class T2IMiniExtension(ComfyExtension):

@@ -10,6 +10,7 @@ import logging
 
 import comfy.model_management as mm
 import comfy.utils
+import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
@@ -24,24 +25,41 @@ from .comfy_format import images_to_comfy, preview
 from .comfy_model import core_model
 from .comfy_parts import as_codec, as_text_encoder, loader_of
 from .launcher import train_in_processes
+from .training_runs import RUNS, VALIDATION_EVENT, TrainingRun, save_validation_images
 from .types import CATEGORY, Node, T2IModel, codec_input, text_encoder_input
 
 log = logging.getLogger("t2i_mini")
 TRAINING = f"{CATEGORY}/training"
 # The websocket event with each step's numbers (ComfyUI's own "progress" event carries step and total only):
-# {"node", "prompt_id", "step", "total", "loss", "lr", "images_per_s", "eta_s"}, to the client that queued the prompt.
+# {"run_id", "node", "prompt_id", "step", "total", "loss", "lr", "images_per_s", "eta_s"}, to the client that queued
+# the prompt; the run's history is also kept for GET /t2i_mini/runs/{run_id} (training_runs), so a reloaded page
+# or another tab can draw it.
 TRAINING_EVENT = "t2i_mini.training"
 
 
-def send_training_status(hidden, p: Progress) -> None:
+def prompt_server():
     try:
         from server import PromptServer
-        server = PromptServer.instance
+        return PromptServer.instance
     except (ImportError, AttributeError):  # no server: the engine used in-process
-        return
-    server.send_sync(TRAINING_EVENT, {"node": getattr(hidden, "unique_id", None), "prompt_id": server.last_prompt_id,
-                                      "step": p.step, "total": p.total, "loss": p.loss, "lr": p.lr,
-                                      "images_per_s": p.images_per_s, "eta_s": p.eta_s}, server.client_id)
+        return None
+
+
+def record_progress(run: TrainingRun, p: Progress) -> None:
+    point = {"step": p.step, "loss": p.loss, "lr": p.lr, "images_per_s": p.images_per_s, "eta_s": p.eta_s}
+    RUNS.add_point(run, point)
+    server = prompt_server()
+    if server is not None:
+        server.send_sync(TRAINING_EVENT, {"run_id": run.id, "node": run.node, "prompt_id": run.prompt_id,
+                                          "total": p.total, **point}, server.client_id)
+
+
+def record_validation(run: TrainingRun, step: int, images, prompts: list[str]) -> None:
+    entry = save_validation_images(run, step, images, prompts, folder_paths.get_temp_directory())
+    RUNS.add_validation(run, entry)
+    server = prompt_server()
+    if server is not None:
+        server.send_sync(VALIDATION_EVENT, {"run_id": run.id, "node": run.node, **entry}, server.client_id)
 
 
 class Train(Node):
@@ -194,22 +212,35 @@ class Train(Node):
             except mm.InterruptProcessingException:
                 cancelled.append(step)
 
+        server = prompt_server()
+        run = RUNS.start(getattr(cls.hidden, "unique_id", None), getattr(server, "last_prompt_id", None),
+                         output.name, steps)
+
         def progress(p: Progress):
             report(p.step)
-            send_training_status(cls.hidden, p)
+            record_progress(run, p)
+
+        def validation(step: int, images):
+            report(step, preview(images))
+            record_validation(run, step, images, config.validation_prompts)
 
         callbacks = TrainCallbacks(
             on_progress=progress,
             should_stop=lambda: bool(cancelled) or mm.processing_interrupted(),
-            on_validation=lambda step, images: report(step, preview(images)),
+            on_validation=validation,
             log=lambda message: log.info("T2I Mini: %s", message),
         )
         log.info("T2I Mini: training %s on %s (%d steps)", output.name, folder, steps)
-        if processes > 1:
-            result = train_in_processes(config, text_encoder, codec, processes, devices or "", callbacks)
-        else:
-            with torch.inference_mode(False), torch.enable_grad():
-                result = train(config, text_encoder, codec, device=mm.get_torch_device(), callbacks=callbacks)
+        try:
+            if processes > 1:
+                result = train_in_processes(config, text_encoder, codec, processes, devices or "", callbacks)
+            else:
+                with torch.inference_mode(False), torch.enable_grad():
+                    result = train(config, text_encoder, codec, device=mm.get_torch_device(), callbacks=callbacks)
+        except BaseException:
+            RUNS.finish(run, "failed")
+            raise
+        RUNS.finish(run, "stopped" if result.stopped else "done")
         if result.out_of_time:
             log.info("T2I Mini: the %g-minute budget ended training at step %d of %d; %s is resumable",
                      max_minutes, result.step, steps, result.checkpoint)

@@ -3,23 +3,16 @@ them, and every API twin run end to end with tiny settings (few steps, small siz
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+from integration.browser import CHROMIUM, chromium_page
 from integration.prompts import API_DIR, WORKFLOWS, api_workflow, nodes_of, set_inputs, tiny
 
 from scripts import make_ui_workflows as gen
-from scripts.comfy_harness import PACK_NAME, free_port
+from scripts.comfy_harness import PACK_NAME
 
 
 @pytest.fixture(scope="module")
@@ -114,66 +107,17 @@ def test_every_api_twin_is_covered():
 
 # ---- the real frontend: load each UI file, then ask it for the prompt it would queue ----
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 async def frontend_prompts(url: str, workflows: dict[str, str], timeout: float = 90) -> dict[str, dict]:
-    """{name: API prompt} as ComfyUI's own frontend produces it (app.loadGraphData + app.graphToPrompt),
-    driven over the Chrome DevTools protocol in headless Chromium."""
-    import aiohttp  # a ComfyUI dependency
-
-    port = free_port()
-    # Chromium's helper processes can still write to the profile after the browser exits: end the whole
-    # process group, and let a late cache write not fail the cleanup.
-    with tempfile.TemporaryDirectory(prefix="t2i-chromium-", ignore_cleanup_errors=True) as profile:
-        browser = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2).read())
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "headless Chromium did not start"
-                    await asyncio.sleep(0.2)
-            page = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
-            async with aiohttp.ClientSession() as session, session.ws_connect(page, max_msg_size=0) as ws:
-                counter = iter(range(1, 1_000_000))
-
-                async def call(method: str, **params):
-                    call_id = next(counter)
-                    await ws.send_json({"id": call_id, "method": method, "params": params})
-                    while True:
-                        message = await ws.receive_json()
-                        if message.get("id") == call_id:
-                            assert "error" not in message, message["error"]
-                            return message["result"]
-
-                async def js(expression: str):
-                    result = await call("Runtime.evaluate", expression=expression, awaitPromise=True,
-                                        returnByValue=True)
-                    assert "exceptionDetails" not in result, json.dumps(result["exceptionDetails"])[:2000]
-                    return result["result"].get("value")
-
-                await call("Page.navigate", url=url)
-                while not await js("!!(window.app && window.app.graph && window.LiteGraph && "
-                                   "'T2IMiniTrain' in LiteGraph.registered_node_types)"):
-                    assert time.monotonic() < deadline, "the frontend did not load the pack's nodes"
-                    await asyncio.sleep(0.5)
-                prompts = {}
-                for name, text in workflows.items():
-                    output = await js(f"(async () => {{ await app.loadGraphData({text}, true, true, {json.dumps(name)});"
-                                      " return JSON.stringify((await app.graphToPrompt()).output); })()")
-                    prompts[name] = {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
-                                     for k, v in json.loads(output).items()}
-                return prompts
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(browser.pid, signal.SIGTERM)
-            browser.wait(10)
+    """{name: API prompt} as ComfyUI's own frontend produces it (app.loadGraphData + app.graphToPrompt)."""
+    async with chromium_page(timeout) as page:
+        await page.open_comfyui(url)
+        prompts = {}
+        for name, text in workflows.items():
+            output = await page.js(f"(async () => {{ await app.loadGraphData({text}, true, true, {json.dumps(name)});"
+                                   " return JSON.stringify((await app.graphToPrompt()).output); })()")
+            prompts[name] = {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
+                             for k, v in json.loads(output).items()}
+        return prompts
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (apt-get install chromium)")

@@ -1,0 +1,133 @@
+"""The training runs this server started, in memory, and the read-only routes the live training panel reads.
+
+    GET /t2i_mini/runs            {"runs": [summary, ...]}: the runs of this server, newest first
+    GET /t2i_mini/runs/{run_id}   one run's history so far: its loss, learning rate and speed per step, and its
+                                  validation images (ComfyUI temp-folder entries that /view serves)
+
+A run id is a random hex string the server made, so a route never takes a path or a file name from the
+request, names no server folder and lists none. The store is bounded (MAX_RUNS runs; a run's points thinned to
+every other one past MAX_POINTS), so a long-lived server's memory stays flat. The loss history also stays in
+the loss CSV beside the checkpoint (t2i_core.training.state.write_history_csv).
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_RUNS = 32
+MAX_POINTS = 4000
+MAX_VALIDATIONS = 6  # the latest few validation rounds: the panel shows the newest
+VALIDATION_EVENT = "t2i_mini.validation"
+
+
+@dataclass
+class TrainingRun:
+    id: str
+    node: str | None
+    prompt_id: str | None
+    checkpoint: str  # the checkpoint's file name, never its folder
+    total: int
+    started: float = field(default_factory=time.time)
+    status: str = "running"  # running, done, stopped (cancel or time budget), failed
+    points: list[dict] = field(default_factory=list)  # {"step", "loss", "lr", "images_per_s", "eta_s"}
+    validations: list[dict] = field(default_factory=list)  # {"step", "images": [{"filename", "subfolder", "type", "prompt"}]}
+
+    def summary(self) -> dict:
+        last = self.points[-1] if self.points else {}
+        return {"id": self.id, "node": self.node, "prompt_id": self.prompt_id, "checkpoint": self.checkpoint,
+                "status": self.status, "step": last.get("step", 0), "total": self.total, "started": self.started}
+
+    def history(self) -> dict:
+        return {**self.summary(), "points": list(self.points), "validations": list(self.validations)}
+
+
+class RunStore:
+    def __init__(self, max_runs: int = MAX_RUNS, max_points: int = MAX_POINTS):
+        self.max_runs, self.max_points = max_runs, max_points
+        self._runs: dict[str, TrainingRun] = {}
+        self._lock = threading.Lock()  # the training thread writes while the server's event loop reads
+
+    def start(self, node, prompt_id, checkpoint: str, total: int) -> TrainingRun:
+        run = TrainingRun(uuid.uuid4().hex, None if node is None else str(node), prompt_id, checkpoint, total)
+        with self._lock:
+            self._runs[run.id] = run
+            while len(self._runs) > self.max_runs:  # the oldest run goes first
+                self._runs.pop(next(iter(self._runs)))
+        return run
+
+    def add_point(self, run: TrainingRun, point: dict) -> None:
+        with self._lock:
+            run.points.append(point)
+            if len(run.points) > self.max_points:
+                run.points[:] = run.points[::2]
+
+    def add_validation(self, run: TrainingRun, entry: dict) -> None:
+        with self._lock:
+            run.validations.append(entry)
+            del run.validations[:-MAX_VALIDATIONS]
+
+    def finish(self, run: TrainingRun, status: str) -> None:
+        with self._lock:
+            run.status = status
+
+    def summaries(self) -> list[dict]:
+        with self._lock:
+            return [r.summary() for r in reversed(self._runs.values())]
+
+    def history(self, run_id: str) -> dict | None:
+        """The run's history, or None for an id this server did not hand out. ValueError for text that is no
+        run id at all (a path, say)."""
+        if not RUN_ID.match(run_id or ""):
+            raise ValueError("a run id is 32 hex digits, as GET /t2i_mini/runs lists them")
+        with self._lock:
+            run = self._runs.get(run_id)
+            return None if run is None else run.history()
+
+
+RUNS = RunStore()
+
+
+def save_validation_images(run: TrainingRun, step: int, images, prompts: list[str], temp_folder: str) -> dict:
+    """Write a validation round's images [B, 3, H, W] in 0..1 into ComfyUI's temp folder as PNGs; returns the
+    round's entry, naming each image as ComfyUI's /view route takes it."""
+    folder = Path(temp_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = (np.asarray(images.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1)) * 255).round().astype(np.uint8)
+    entries = []
+    for i, (image, prompt) in enumerate(zip(pixels, prompts)):
+        name = f"t2i_mini_validation_{run.id}_{step:07d}_{i:02d}.png"
+        Image.fromarray(image).save(folder / name)
+        entries.append({"filename": name, "subfolder": "", "type": "temp", "prompt": prompt})
+    return {"step": step, "images": entries}
+
+
+def register_routes(server) -> None:
+    """Add the two GET routes to ComfyUI's PromptServer (once)."""
+    from aiohttp import web
+
+    if getattr(server, "_t2i_mini_runs_routes", False):
+        return
+    server._t2i_mini_runs_routes = True
+
+    @server.routes.get("/t2i_mini/runs")
+    async def list_runs(request):
+        return web.json_response({"runs": RUNS.summaries()})
+
+    @server.routes.get("/t2i_mini/runs/{run_id}")
+    async def run_history(request):
+        try:
+            history = RUNS.history(request.match_info["run_id"])
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        if history is None:
+            return web.json_response({"error": "no run with this id was started by this server (runs live in "
+                                               "the server's memory until it restarts)"}, status=404)
+        return web.json_response(history)
