@@ -1,19 +1,22 @@
-"""The Train node with processes > 1: which GPUs the ranks get, and the run through t2i_core.training.launch.
+"""The Train node's runs outside ComfyUI's process (processes > 1, or run_in_background): which GPUs the ranks
+get, and the run through t2i_core.training.launch.
 
-The ranks run in a torchrun subprocess group that imports the engine only (not ComfyUI), so ComfyUI keeps
-serving while they train. On CUDA they take GPUs that ComfyUI isn't holding, or the ones the user lists; on a
+The ranks run in a subprocess (group) that imports the engine only (not ComfyUI), so ComfyUI keeps serving
+while they train. On CUDA they take GPUs that ComfyUI isn't holding, or the ones the user lists; on a
 CPU ComfyUI they are gloo processes sharing the CPU.
 """
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 
 import comfy.model_management as mm
 import torch
 
 from ..t2i_core.conditioning import Codec, TextEncoder
 from ..t2i_core.training.config import TrainCallbacks, TrainConfig, TrainResult
-from ..t2i_core.training.launch import launch, result_of
+from ..t2i_core.training.launch import LaunchResult, check_processes, launch, result_of
 from ..t2i_core.training.state import TrainingError
 
 
@@ -60,3 +63,34 @@ def train_in_processes(config: TrainConfig, text_encoder: TextEncoder, codec: Co
                       f"each of the batch of {config.batch_size}")
     launched = launch(config, text_encoder, codec, processes, callbacks, devices=gpus)
     return result_of(launched, text_encoder, codec, device=mm.get_torch_device())
+
+
+def background_gpus(processes: int, devices: str) -> list[str]:
+    """A background run's GPUs: one process on a one-GPU machine shares ComfyUI's GPU (ComfyUI keeps serving
+    beside it); otherwise the GPUs rank_gpus picks."""
+    device = mm.get_torch_device()
+    if processes == 1 and not devices.strip() and device.type == "cuda" and torch.cuda.device_count() == 1:
+        return rank_gpus(1, str(device.index or 0))
+    return rank_gpus(processes, devices)
+
+
+def train_in_background(config: TrainConfig, text_encoder: TextEncoder, codec: Codec, processes: int, devices: str,
+                        callbacks: TrainCallbacks,
+                        on_end: Callable[[LaunchResult | None, BaseException | None], None]) -> threading.Thread:
+    """Start the run in a subprocess (group) and return at once; a daemon thread follows it and calls
+    on_end(result, None) or on_end(None, error) when it ends. If ComfyUI exits, the run sees its parent gone,
+    saves and stops (launch's --parent-pid)."""
+    check_processes(config, processes)
+    gpus = background_gpus(processes, devices)
+
+    def follow():
+        try:
+            launched = launch(config, text_encoder, codec, processes, callbacks, devices=gpus)
+        except BaseException as e:  # reported through on_end: this thread has no caller to raise to
+            on_end(None, e)
+        else:
+            on_end(launched, None)
+
+    thread = threading.Thread(target=follow, name=f"t2i-mini-train-{os.path.basename(config.output)}", daemon=True)
+    thread.start()
+    return thread

@@ -67,22 +67,37 @@ def _leaves_folder(name: str) -> bool:
             or ".." in PurePosixPath(posix).parts)
 
 
+def _name_inside(root: Path, name: str, what: str, folder: str, example: str) -> Path:
+    """`root / name` for a name from a workflow, resolved; ValueError naming `what` and the fix for an empty name
+    or one that leaves `root` ('..', an absolute path, a symlinked subfolder pointing out)."""
+    if not name:
+        raise ValueError(f"{what} is empty; give a name such as '{example}'")
+    if _leaves_folder(name):
+        raise ValueError(f"{what} {name!r} would leave {folder}; use a plain name such as '{example}' (no '..', no "
+                         "absolute path)")
+    root = root.resolve()
+    path = (root / name).resolve()
+    if root not in path.parents:
+        raise ValueError(f"{what} {name!r} resolves to {path}, outside {folder} {root}")
+    return path
+
+
 def checkpoint_output_path(name: str) -> Path:
     """Where the training node writes checkpoint `name` ("shapes", "runs/shapes.safetensors"), inside the model
     folder. Raises ValueError naming the problem for an empty name or one that would leave the folder."""
     name = (name or "").strip()
-    if not name:
-        raise ValueError("checkpoint_name is empty; give a file name such as 'shapes'")
-    if _leaves_folder(name):
-        raise ValueError(f"checkpoint_name {name!r} would leave the models/{MODEL_FOLDER} folder; use a plain name "
-                         "such as 'shapes' or 'runs/shapes' (no '..', no absolute path)")
-    if not name.endswith(CHECKPOINT_EXTENSION):
+    if name and not name.endswith(CHECKPOINT_EXTENSION):
         name += CHECKPOINT_EXTENSION
-    root = model_dir().resolve()
-    path = (root / name).resolve()
-    if root not in path.parents:  # e.g. through a symlinked subfolder
-        raise ValueError(f"checkpoint_name {name!r} resolves to {path}, outside the models/{MODEL_FOLDER} folder {root}")
-    return path
+    return _name_inside(model_dir(), name, "checkpoint_name", f"the models/{MODEL_FOLDER} folder", "shapes")
+
+
+LOG_FOLDER = "t2i_mini_logs"  # TensorBoard logs go under ComfyUI's output folder, in this subfolder
+
+
+def log_folder(name: str) -> Path:
+    """The TensorBoard log folder `name` of a run: output/t2i_mini_logs/<name>, never outside it."""
+    return _name_inside(Path(folder_paths.get_output_directory()) / LOG_FOLDER, (name or "").strip(), "log_dir",
+                        f"the output/{LOG_FOLDER} folder", "shapes")
 
 
 def extra_dataset_roots() -> list[Path]:
@@ -143,16 +158,8 @@ def dataset_folder(choice: str | None, path: str | None) -> Path:
 
 def input_subfolder(name: str) -> Path:
     """A new or existing subfolder `name` of ComfyUI's input folder (for the Make Dataset node)."""
-    name = (name or "").strip()
-    if not name:
-        raise ValueError("folder_name is empty; give a name such as 't2i_shapes'")
-    if _leaves_folder(name):
-        raise ValueError(f"folder_name {name!r} would leave ComfyUI's input folder; use a plain name such as 't2i_shapes'")
-    root = Path(folder_paths.get_input_directory()).resolve()
-    path = (root / name).resolve()
-    if root not in path.parents:
-        raise ValueError(f"folder_name {name!r} resolves to {path}, outside ComfyUI's input folder {root}")
-    return path
+    return _name_inside(Path(folder_paths.get_input_directory()), (name or "").strip(), "folder_name",
+                        "ComfyUI's input folder", "t2i_shapes")
 
 
 # ---- VAEs (single files and diffusers folders under models/vae) and text encoders (models/text_encoders) ----

@@ -88,3 +88,18 @@ def test_make_dataset_folder_stays_in_input_even_through_a_symlink(paths, tmp_pa
     for bad in ("../x", "/tmp/x", "out/x"):
         with pytest.raises(ValueError, match="input folder"):
             paths.input_subfolder(bad)
+
+
+def test_tensorboard_logs_stay_in_the_output_folders_log_subfolder(paths, tmp_path):
+    import folder_paths
+    previous = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path / "output"))
+    try:
+        root = (tmp_path / "output" / paths.LOG_FOLDER).resolve()
+        assert paths.log_folder("shapes") == root / "shapes"
+        assert paths.log_folder(" runs/a ") == root / "runs" / "a"
+        for bad in ("../x", "/tmp/x", "a/../../x", "C:/x", ""):
+            with pytest.raises(ValueError, match="log_dir"):
+                paths.log_folder(bad)
+    finally:
+        folder_paths.set_output_directory(previous)

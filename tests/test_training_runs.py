@@ -45,3 +45,27 @@ def test_validation_images_go_to_the_temp_folder_under_names_the_server_makes(st
     assert all((tmp_path / i["filename"]).is_file() and i["type"] == "temp" and run.id in i["filename"]
                for i in entry["images"])
     assert runs.history(run.id)["validations"] == [entry]
+
+
+def test_stop_is_asked_of_a_running_run_only_and_one_checkpoint_trains_once(store):
+    from t2i_core.training.state import TrainingError
+    runs = store.RunStore()
+    run = runs.start("4", "p", "a.safetensors", 10, output="/models/a.safetensors", background=True)
+    assert runs.get("") is run and runs.get(run.id) is run and runs.get("0" * 32) is None
+    with pytest.raises(TrainingError, match=f"a.safetensors is being trained by run {run.id}"):
+        runs.start("7", "q", "a.safetensors", 10, output="/models/a.safetensors")
+    assert runs.request_stop(run.id) is run and run.stop_requested
+    summary = runs.history(run.id)
+    assert summary["status"] == "stopping" and summary["background"]
+    assert "output" not in summary and "client" not in summary  # the server's path stays on the server
+    runs.finish(run, "failed", "boom")
+    assert runs.history(run.id)["status"] == "failed" and runs.history(run.id)["error"] == "boom"
+    later = runs.start("4", "r", "a.safetensors", 10, output="/models/a.safetensors")  # the old run has ended
+    assert runs.request_stop(later.id) is later and runs.request_stop("0" * 32) is None
+    runs.finish(run, "done")
+    ended = runs.start("4", "s", "b.safetensors", 10)
+    runs.finish(ended, "done")
+    runs.request_stop(ended.id)
+    assert not ended.stop_requested and runs.history(ended.id)["status"] == "done"
+    with pytest.raises(ValueError, match="32 hex digits"):
+        runs.request_stop("../x")

@@ -4,7 +4,9 @@
 // step / total, images per second, time left) and the latest validation images (`t2i_mini.validation`). On load it
 // asks GET /t2i_mini/runs for this node's newest run and redraws its history, so a page reloaded mid-run shows
 // the curve again, and it polls that route while the run goes on without events reaching this page (a reload
-// gets a new websocket client, and the server sends the events to the client that queued the prompt).
+// gets a new websocket client, and the server sends the events to the client that queued the prompt) and once
+// they stop, to show how the run ended. Stop asks a running run (in the queue or in the background) to save a
+// resumable checkpoint and end.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -51,7 +53,15 @@ class Panel {
     this.gallery = document.createElement("div");
     this.gallery.className = "t2i-mini-validation";
     Object.assign(this.gallery.style, { display: "flex", flexWrap: "wrap", gap: "4px" });
-    this.element.append(this.stats, this.canvas, this.gallery);
+    this.stopButton = document.createElement("button");
+    this.stopButton.className = "t2i-mini-stop";
+    this.stopButton.textContent = "Stop (save a resumable checkpoint)";
+    this.stopButton.style.display = "none";
+    this.stopButton.onclick = () => this.stop();
+    this.error = document.createElement("div");
+    this.error.className = "t2i-mini-error";
+    Object.assign(this.error.style, { color: "#f88", whiteSpace: "pre-wrap", overflowWrap: "anywhere" });
+    this.element.append(this.stats, this.stopButton, this.error, this.canvas, this.gallery);
     this.element.dataset.points = "0";
   }
 
@@ -75,6 +85,7 @@ class Panel {
   setHistory(history) {
     if (history.id !== this.runId) this.reset(history.id, history.total);
     this.status = history.status;
+    this.error.textContent = history.error || "";
     for (const p of history.points) this.addPoint(p);
     const latest = history.validations[history.validations.length - 1];
     if (latest) this.showValidation(latest);
@@ -103,7 +114,28 @@ class Panel {
     this.gallery.prepend(label);
   }
 
+  // Stop asks the run to save and end (POST /t2i_mini/runs/{id}/stop); the route's answer is its new state.
+  async stop() {
+    if (!this.runId) return;
+    this.stopButton.disabled = true;
+    try {
+      const response = await api.fetchApi(`/t2i_mini/runs/${this.runId}/stop`, { method: "POST" });
+      const body = await response.json();
+      if (response.ok) this.status = body.status;
+      else this.error.textContent = body.error || `stop failed (${response.status})`;
+    } catch (error) {
+      this.error.textContent = `stop failed: ${error}`;
+    }
+    this.stopButton.disabled = false;
+    this.draw();
+    this.poll();
+  }
+
   draw() {
+    const running = this.status === "running" || this.status === "stopping";
+    this.stopButton.style.display = running ? "" : "none";
+    this.stopButton.disabled = this.status === "stopping";
+    this.element.dataset.status = this.status;
     const last = this.points[this.points.length - 1];
     if (last) {
       this.stats.textContent = `step ${last.step}/${this.total || last.total || "?"} · loss ${last.loss.toFixed(4)} · ` +
@@ -170,7 +202,7 @@ class Panel {
       if (!mine) return;
       const history = await api.fetchApi(`/t2i_mini/runs/${mine.id}`);
       if (history.ok) this.setHistory(await history.json());
-      if (this.status === "running") this.poll();
+      if (this.status === "running" || this.status === "stopping") this.poll();
     } catch (error) {
       console.warn("T2I Mini: could not read the training history", error);
     }
@@ -194,8 +226,9 @@ app.registerExtension({
       if (!panel) return;
       if (panel.runId !== detail.run_id) panel.reset(detail.run_id, detail.total);
       panel.lastEvent = Date.now();
-      panel.status = detail.step >= detail.total ? "" : "running";
+      if (panel.status !== "stopping") panel.status = "running";
       panel.addPoint(detail);
+      panel.poll(); // once the events end, the route tells how the run ended
     });
     api.addEventListener("t2i_mini.validation", ({ detail }) => {
       const panel = panelOf(detail.node);

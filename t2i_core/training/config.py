@@ -59,6 +59,7 @@ class TrainConfig:
     # aspect-ratio buckets (t2i_core.data.buckets): "auto" uses them when the images are not all one shape
     buckets: str = "auto"  # or "on", "off" (centre-crop every image square)
     cache_dir: str | None = None  # caption/latent cache; default ~/.cache/t2i-mini
+    log_dir: str | None = None  # a TensorBoard log of the run here (t2i_core.training.tensorboard); None: none
     # a resolution whose largest attention layer has more than geometry.MAX_ATTENTION_TOKENS positions is refused
     # with its cost estimate unless this is on
     allow_large_sizes: bool = False

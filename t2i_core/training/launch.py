@@ -1,8 +1,9 @@
-"""Training in N processes from a program that is itself a single process (the Train node inside ComfyUI).
+"""Training in other processes than the caller's (the Train node inside ComfyUI, with processes > 1 or in the
+background).
 
-`launch` starts `python -m torch.distributed.run --standalone --nproc-per-node N -m t2i_core train ...` in a
-process group of its own (it imports the engine only, never the caller's program), and follows it through
-a run folder:
+`launch` starts `python -m torch.distributed.run --standalone --nproc-per-node N -m t2i_core train ...` (for one
+process, `python -m t2i_core train ...` alone) in a process group of its own (it imports the engine only, never
+the caller's program), and follows it through a run folder:
 
     run/parts.safetensors    the text encoder and codec the caller holds, for every rank to load
     run/events.jsonl         rank 0 appends one JSON object per line (EventWriter), the launcher reads them:
@@ -16,7 +17,7 @@ a run folder:
                              at the same step (t2i_core.distributed.Distributed.decide); so does the
                              launcher's own end (--parent-pid), so a dead ComfyUI leaves no ranks training
     run/logs/                each rank's stdout and stderr (torchrun --log-dir, --redirects 3)
-    run/torchrun.log         the launcher's own output, with torchrun's failure summary
+    run/launch.log           the group's own output: torchrun's failure summary, or the single process's output
 
 A rank that dies (a crash, a kill, out of memory) makes torchrun end the others; the launcher then raises a
 TrainingError naming the rank and its exit, with the end of that rank's log. Files are only ever written by
@@ -50,6 +51,7 @@ VALIDATION_FORMAT = "t2i-mini-validation-images"
 POLL_S = 0.2
 STOP_GRACE_S = 600.0  # how long rank 0 may take to save after a cancel before the group is killed
 LOG_TAIL_LINES = 25
+LAUNCH_LOG = "launch.log"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding t2i_core, for `-m t2i_core`
 
 
@@ -110,10 +112,12 @@ def config_args(config: TrainConfig) -> list[str]:
 
 
 def train_command(config: TrainConfig, processes: int, run_dir: Path, python: str = sys.executable) -> list[str]:
+    engine = ["-m", "t2i_core", "train", *config_args(config), f"--parts={run_dir / 'parts.safetensors'}",
+              f"--events={run_dir / 'events.jsonl'}", f"--stop-file={run_dir / 'stop'}", f"--parent-pid={os.getpid()}"]
+    if processes == 1:  # one rank needs no torchrun: the engine's command line trains alone
+        return [python, *engine]
     return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-            f"--log-dir={run_dir / 'logs'}", "--redirects=3", "-m", "t2i_core", "train", *config_args(config),
-            f"--parts={run_dir / 'parts.safetensors'}", f"--events={run_dir / 'events.jsonl'}",
-            f"--stop-file={run_dir / 'stop'}", f"--parent-pid={os.getpid()}"]
+            f"--log-dir={run_dir / 'logs'}", "--redirects=3", *engine]
 
 
 # ---- when it fails ----
@@ -140,8 +144,8 @@ def exit_words(code: int) -> str:
 
 def failure_message(run_dir: Path, config: TrainConfig, returncode: int) -> str:
     """Which rank failed and how, the end of its log, and what is safe on disk."""
-    summary = (run_dir / "torchrun.log").read_text(encoding="utf-8", errors="replace") \
-        if (run_dir / "torchrun.log").exists() else ""
+    summary = (run_dir / LAUNCH_LOG).read_text(encoding="utf-8", errors="replace") \
+        if (run_dir / LAUNCH_LOG).exists() else ""
     root = summary[summary.find("Root Cause"):] if "Root Cause" in summary else summary
     rank = re.search(r"rank\s*:\s*(\d+)", root)
     code = re.search(r"exitcode\s*:\s*(-?\d+)", root)
@@ -154,7 +158,7 @@ def failure_message(run_dir: Path, config: TrainConfig, returncode: int) -> str:
             text = _tail(log)
             tails.append(f"--- rank {r} {log.name} (last lines) ---\n{text if text.strip() else '(empty)'}")
     if not tails:
-        tails.append(f"--- torchrun (last lines) ---\n{_tail(run_dir / 'torchrun.log')}")
+        tails.append(f"--- {LAUNCH_LOG} (last lines) ---\n{_tail(run_dir / LAUNCH_LOG)}")
     state = state_path(config.output)
     saved = (f"the last checkpoint {config.output} is intact" if state.exists()
              else "no checkpoint had been saved yet")
@@ -163,6 +167,15 @@ def failure_message(run_dir: Path, config: TrainConfig, returncode: int) -> str:
 
 
 # ---- the launcher ----
+def check_processes(config: TrainConfig, processes: int) -> None:
+    """TrainingError unless `processes` ranks can share `config`'s batch (a caller may check before launching)."""
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes}")
+    if config.batch_size % processes:
+        raise TrainingError(f"batch_size {config.batch_size} does not split over {processes} processes: each takes "
+                            f"an equal share of the global batch. Choose a multiple of {processes}")
+
+
 @dataclass
 class LaunchResult:
     step: int
@@ -177,11 +190,7 @@ def launch(config: TrainConfig, text_encoder: TextEncoder, codec: Codec, process
     """Train `config` in `processes` ranks (on GPUs `devices` where CUDA is used) and wait for the end,
     passing progress, validation images and log lines to `callbacks` and a cancel (`should_stop`) to rank 0."""
     cb = callbacks or TrainCallbacks()
-    if processes < 2:
-        raise ValueError("launch is for 2 or more processes; train in-process with t2i_core.training.train")
-    if config.batch_size % processes:
-        raise TrainingError(f"batch_size {config.batch_size} does not split over {processes} processes: each takes "
-                            f"an equal share of the global batch. Choose a multiple of {processes}")
+    check_processes(config, processes)
     own_dir = run_dir is None
     run_dir = Path(run_dir or tempfile.mkdtemp(prefix="t2i-train-"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +202,7 @@ def launch(config: TrainConfig, text_encoder: TextEncoder, codec: Codec, process
     events = EventReader(run_dir / "events.jsonl")
     done: dict | None = None
     error: str | None = None
-    with open(run_dir / "torchrun.log", "wb") as out:
+    with open(run_dir / LAUNCH_LOG, "wb") as out:
         proc = subprocess.Popen(train_command(config, processes, run_dir, python), cwd=run_dir, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         stop_asked: float | None = None

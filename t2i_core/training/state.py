@@ -195,6 +195,21 @@ class TrainingLock:
             return True
         return info.get("start") is not None and _process_start(pid) not in (None, info["start"])
 
+    def _held_error(self, holder: dict) -> TrainingError:
+        who = (f"process {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+               if holder else "a process that is starting")
+        mine = ": this process, a run still open" if holder.get("pid") == os.getpid() else ""
+        return TrainingError(
+            f"{self.output.name} is being trained by another run ({who}{mine}); nothing was written. Wait "
+            f"for it to finish or cancel it, or choose another checkpoint name. If no such run exists, "
+            f"delete {self.path}")
+
+    def check_free(self) -> None:
+        """Raise acquire's error now if a live run holds the lock (a run about to start elsewhere checks first)."""
+        holder = self.holder()
+        if holder is not None and not self._stale(holder):
+            raise self._held_error(holder)
+
     def acquire(self) -> TrainingLock:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -208,13 +223,7 @@ class TrainingLock:
                 if self._stale(holder):
                     self.path.unlink(missing_ok=True)
                     continue
-                who = (f"process {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
-                       if holder else "a process that is starting")
-                mine = ": this process, a run still open" if holder.get("pid") == os.getpid() else ""
-                raise TrainingError(
-                    f"{self.output.name} is being trained by another run ({who}{mine}); nothing was written. Wait "
-                    f"for it to finish or cancel it, or choose another checkpoint name. If no such run exists, "
-                    f"delete {self.path}") from None
+                raise self._held_error(holder) from None
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(info, f)
             self.held = True

@@ -53,6 +53,7 @@ from .state import (
     state_path,
     write_history_csv,
 )
+from .tensorboard import TensorBoardLog
 
 
 def check_writable(output: Path):
@@ -93,6 +94,8 @@ class Trainer:
         self.output = Path(cfg.output)
         if self.dist.is_main:
             check_writable(self.output)
+        # rank 0 logs; made first, so a missing tensorboard package is reported before any work
+        self.board = TensorBoardLog(cfg.log_dir) if cfg.log_dir and self.dist.is_main else None
         self.text_encoder = text_encoder.to(self.device)
         self.codec = (codec or PixelCodec()).to(self.device)
 
@@ -139,8 +142,10 @@ class Trainer:
         try:
             self.resume_or_start()
         except BaseException:
-            self.release_lock()
+            self.release()
             raise
+        if self.board is not None:
+            self.board.open(self.step)
         # DDP (several ranks) and the compiled module share self.unet's parameters; state dicts are always
         # taken from self.unet
         self.ddp = self.dist.wrap(self.unet)
@@ -315,7 +320,7 @@ class Trainer:
         self.dist.barrier()
 
     def sample_validation(self):
-        if not self.cfg.validation_prompts or self.cb.on_validation is None:
+        if not self.cfg.validation_prompts or (self.cb.on_validation is None and self.board is None):
             return
         prompts = self.cfg.validation_prompts
         cond = self.text_encoder.encode(prompts).conditioning
@@ -323,17 +328,24 @@ class Trainer:
         z = sample(self.ema, self.schedule, noise, cond, self.text_encoder.empty(), steps=self.cfg.validation_steps,
                    guidance_scale=self.cfg.validation_guidance, precision=self.precision)
         with torch.inference_mode():
-            self.cb.on_validation(self.step, self.codec.decode(z).cpu())
+            images = self.codec.decode(z).cpu()
+            if self.cb.on_validation is not None:
+                self.cb.on_validation(self.step, images)
+            if self.board is not None:
+                self.board.validation(self.step, images, prompts)
 
-    def release_lock(self):
+    def release(self):
+        """Let go of what the run holds: the checkpoint's lock and the TensorBoard log."""
         if self.lock is not None:
             self.lock.release()
+        if self.board is not None:
+            self.board.close()
 
     def run(self) -> TrainResult:
         try:
             return self._run()
         finally:
-            self.release_lock()
+            self.release()
 
     def _run(self) -> TrainResult:
         cfg = self.cfg
@@ -356,13 +368,17 @@ class Trainer:
                 loss = self.train_step()
                 lr = self.opt.param_groups[0]["lr"]
                 self.history.append({"step": self.step, "loss": round(loss, 6), "lr": lr})
-                if self.cb.on_progress is not None:
+                if self.cb.on_progress is not None or self.board is not None:
                     done = self.step - start_step
                     rate = done * cfg.batch_size * cfg.grad_accum / max(time.perf_counter() - t0, 1e-9)
                     eta = (cfg.steps - self.step) * cfg.batch_size * cfg.grad_accum / max(rate, 1e-9)
                     if cfg.max_minutes:
                         eta = min(eta, max(0.0, cfg.max_minutes * 60 - self.elapsed_s - (time.perf_counter() - t0)))
-                    self.cb.on_progress(Progress(self.step, cfg.steps, loss, lr, rate, eta))
+                    progress = Progress(self.step, cfg.steps, loss, lr, rate, eta)
+                    if self.cb.on_progress is not None:
+                        self.cb.on_progress(progress)
+                    if self.board is not None:
+                        self.board.progress(progress)
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                     self.elapsed_s += time.perf_counter() - t0
                     t0, start_step = time.perf_counter(), self.step
