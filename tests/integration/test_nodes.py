@@ -17,7 +17,7 @@ EXPECTED_NODES = {
     "T2IMiniVAELoader", "T2IMiniPixelCodec", "T2IMiniTextEncode", "T2IMiniEmptyConditioning",
     "T2IMiniNoiseLatent", "T2IMiniEmptyLatent", "T2IMiniGuidedSampler", "T2IMiniDecode", "T2IMiniTrain",
     "T2IMiniMakeDataset",
-    "T2IMiniImageGrid", "T2IMiniAttentionMaps",
+    "T2IMiniImageGrid", "T2IMiniAttentionMaps", "T2IMiniTrainingStatus",
 }
 PROMPT = "a large red circle on the left"
 

@@ -1,6 +1,6 @@
 """The live training panel: the routes that keep a run's history, and the panel itself in ComfyUI's own frontend
-(headless Chromium): its chart gains points as events arrive, the validation images appear, and after a page
-reload mid-run the chart shows the history again."""
+(headless Chromium): its chart gains points as events arrive, the validation images appear, after a page
+reload mid-run the chart shows the history again, and its Stop button ends the run saved."""
 from __future__ import annotations
 
 import asyncio
@@ -100,6 +100,13 @@ def test_the_panel_draws_the_run_live_and_again_after_a_reload(comfy, tmp_path):
             assert restored > later and run_of(comfy, prompt_id())["status"] == "running", (restored, step_now)
             await page.until(f"!!{PANEL}.element.querySelector('.t2i-mini-validation img')",
                              "the validation image again")
+            # Stop: the button asks the run to save and end, and the panel shows how it ended
+            await page.until(f"{PANEL}.stopButton.style.display !== 'none'", "the Stop button of a running run")
+            await page.js(f"{PANEL}.stopButton.click()")
+            ended = await page.until(f"['stopped', 'done'].includes({PANEL}.element.dataset.status) && "
+                                     f"{PANEL}.element.dataset.status", "the stopped run on the panel")
+            assert ended == "stopped" and run_of(comfy, prompt_id())["status"] == "stopped"
+            assert await page.js(f"{PANEL}.stopButton.style.display") == "none"
             return screenshot
 
     def prompt_id() -> str:
