@@ -335,6 +335,6 @@ def test_train_node_trains_with_it(minilm, comfy_folders, tmp_path):
                 batch_size=2, learning_rate=0.001, cfg_dropout=0.1, resolution=16, seed=0, checkpoint_name="minilm",
                 resume=False, validation_prompts="", validation_every=0, checkpoint_every=0, precision="fp32")
     with torch.inference_mode():  # as ComfyUI runs a node
-        model, _curve, steps, _core = pack_module("nodes.training").Train.execute(**args).args
+        model, _curve, steps, _core, _run_id = pack_module("nodes.training").Train.execute(**args).args
     assert steps == 2 and model.unet.cfg.context_dim == 384
     assert load_checkpoint(tmp_path / "models" / "minilm.safetensors").text_encoder.identity == minilm.identity

@@ -38,7 +38,7 @@ def run(train_node, name: str, **inputs):
                 checkpoint_name=name, resume=False, validation_prompts="", validation_every=0, checkpoint_every=0,
                 precision="fp32")
     with torch.inference_mode():  # as ComfyUI runs a node
-        model, _curve, steps, _core = train_node.execute(**args, **inputs).args
+        model, _curve, steps, _core, _run_id = train_node.execute(**args, **inputs).args
     assert steps == STEPS
     with history_path(model.training["config"]["output"]).open(newline="") as f:
         history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
