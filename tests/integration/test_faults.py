@@ -1,7 +1,7 @@
 """Fault injection through a real ComfyUI's /prompt, as a hostile or careless shared workflow (and a bad day of
 the server) would do it. One server runs every case that keeps it alive, with an operator's dataset root in its
-extra_model_paths.yaml and umask 002; the last case SIGKILLs it mid-training and a second server on the same
-folders resumes. docs/RELIABILITY.md lists the cases with what each showed.
+extra_model_paths.yaml and umask 002; the last two cases SIGKILL it mid-training (in the queue, then in the
+background) and a new server on the same folders resumes. docs/RELIABILITY.md lists the cases with what each showed.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m pytest tests/integration/test_faults.py -v -s
 """
@@ -344,3 +344,40 @@ def test_sigkill_mid_training_then_restart_resumes(faults):
     images = server.images(server.run(generate_prompt(ckpt.name, steps=2, batch=1), timeout=120), "7")
     assert [im.size for im in images] == [(16, 16)]
     shutil.rmtree(faults.models / "snapshots" / name, ignore_errors=True)
+
+
+def test_sigkill_of_the_server_during_a_background_run_saves_it_and_leaves_no_process(faults):
+    from t2i_core import load_checkpoint
+    from t2i_core.training.state import TrainingLock
+    server, name = faults.server, unique("orphan")
+    ckpt, lock = faults.models / f"{name}.safetensors", faults.models / f"{name}.lock"
+    prompt = train_prompt(name, steps=100_000, validation_prompts="")
+    prompt["4"]["inputs"].update(preset="micro", run_in_background=True)
+    server.run(prompt, timeout=120)
+    deadline = time.monotonic() + 120
+    while not [r for r in server.get_json("/t2i_mini/runs")["runs"] if r["checkpoint"] == ckpt.name and r["step"] >= 3]:
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.2)
+    trainer_pid = TrainingLock(ckpt).holder()["pid"]  # the background run's own process holds the lock
+    assert trainer_pid != server.proc.pid
+    os.killpg(server.proc.pid, signal.SIGKILL)  # the run is in a session of its own: the kill does not reach it
+    server.proc.wait()
+    t0 = time.monotonic()
+    while lock.exists() or psutil_alive(trainer_pid):  # it sees its parent gone, saves, lets go and ends
+        assert time.monotonic() - t0 < 120, f"the background run (pid {trainer_pid}) is still training"
+        time.sleep(0.2)
+    saved_at = load_checkpoint(ckpt).training["step"]
+    print(f"\nthe orphaned background run saved at step {saved_at} and ended {time.monotonic() - t0:.1f} s after the kill")
+    faults.server = server = start_server(faults.base, faults.yaml)
+    resumed = train_prompt(name, steps=saved_at + 2, validation_prompts="")
+    resumed["4"]["inputs"]["preset"] = "micro"
+    server.run(resumed, timeout=180)
+    assert load_checkpoint(ckpt).training["step"] == saved_at + 2
+
+
+def psutil_alive(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
