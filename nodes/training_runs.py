@@ -166,20 +166,19 @@ def register_routes(server) -> None:
 
     @server.routes.get("/t2i_mini/runs/{run_id}")
     async def run_history(request):
-        try:
-            history = RUNS.history(request.match_info["run_id"])
-        except ValueError as e:
-            return web.json_response({"error": str(e)}, status=400)
-        return web.json_response(history) if history is not None else not_found()
+        return answer(RUNS.history, request.match_info["run_id"], lambda history: history)
 
     @server.routes.post("/t2i_mini/runs/{run_id}/stop")
     async def stop_run(request):
+        return answer(RUNS.request_stop, request.match_info["run_id"], TrainingRun.summary)
+
+    def answer(lookup, run_id: str, as_json):
+        """lookup(run_id) as JSON: 400 for text that is no run id, 404 for an id this server did not hand out."""
         try:
-            run = RUNS.request_stop(request.match_info["run_id"])
+            found = lookup(run_id)
         except ValueError as e:
             return web.json_response({"error": str(e)}, status=400)
-        return web.json_response(run.summary()) if run is not None else not_found()
-
-    def not_found():
-        return web.json_response({"error": "no run with this id was started by this server (runs live in the "
-                                           "server's memory until it restarts)"}, status=404)
+        if found is None:
+            return web.json_response({"error": "no run with this id was started by this server (runs live in the "
+                                               "server's memory until it restarts)"}, status=404)
+        return web.json_response(as_json(found))
