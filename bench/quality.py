@@ -46,7 +46,12 @@ from t2i_core.checkpoint import load_checkpoint
 from t2i_core.data.builtin import BUILTIN_DATASETS, builtin_dataset
 from t2i_core.pipeline import T2IModel
 from t2i_core.samplers import SAMPLERS
-from t2i_core.text_encoder import FrozenTextEncoder, tiny_text_encoder
+from t2i_core.text_encoder import (
+    TEXT_ENCODER_NAMES,
+    FrozenTextEncoder,
+    text_encoder_by_name,
+    tiny_text_encoder,
+)
 from t2i_core.training.config import TrainCallbacks, TrainConfig
 from t2i_core.training.state import training_files
 from t2i_core.training.trainer import train
@@ -217,16 +222,17 @@ def score_text(value: float) -> str:
 
 def bench_dataset(name: str, *, minutes: float | None, steps: int | None, n: int | None, root: Path, log=None,
                   overrides: dict | None = None, sampling: Sampling = DEFAULT_SAMPLING, reuse: bool = False,
-                  guidance_starts: tuple[float, ...] = (), quick: bool = False) -> tuple[str, dict]:
+                  guidance_starts: tuple[float, ...] = (), quick: bool = False,
+                  text_encoder: FrozenTextEncoder | None = None) -> tuple[str, dict]:
     """Train (or with reuse, load) a model on the built-in dataset `name` and judge it at each guidance setting:
-    the markdown section and its figures."""
+    the markdown section and its figures. text_encoder: as train_fresh's."""
     dataset = builtin_dataset(name)
     overrides = {"preset": dataset.preset, **(overrides or {})}
     resolution = overrides.pop("resolution", dataset.resolution)
     n = n or (QUICK_IMAGES if quick else IMAGES.get(name, DEFAULT_IMAGES))
     train_dir = dataset.write(root / "data" / f"{name}{resolution}", resolution=resolution)
     trained = train_fresh(train_dir, model_path(root, name, resolution), minutes=minutes, steps=steps, log=log,
-                          resolution=resolution, reuse=reuse, **overrides)
+                          resolution=resolution, reuse=reuse, text_encoder=text_encoder, **overrides)
     ev = evaluation(dataset.judge, resolution)
     pca = pca_features(ev.reference_images, PCA_COMPONENTS)
     held_features = pca(ev.heldout_images)
@@ -292,24 +298,29 @@ def bench_dataset(name: str, *, minutes: float | None, steps: int | None, n: int
 def run(quick: bool = False, *, minutes: float | None = None, steps: int | None = None, n: int | None = None,
         datasets: tuple[str, ...] = ("digits", "shapes"), root: Path | None = None, log=None,
         overrides: dict | None = None, guidance_starts: tuple[float, ...] = (), sampling: Sampling = DEFAULT_SAMPLING,
-        reuse: bool = False) -> str:
+        reuse: bool = False, text_encoder: str = "tiny") -> str:
     """The benchmark's markdown for `datasets` (names of t2i_core.data.builtin.BUILTIN_DATASETS). quick: half a
     minute of training and QUICK_IMAGES images per scale (a smoke run).
     overrides: TrainConfig fields to change from the defaults (the models then go to a folder of their own, so
     the default digits model that bench.steps reads stays). guidance_starts: also sweep where guidance starts."""
     root = Path(root or BENCH_DIR)
+    if text_encoder != "tiny":  # its models apart, so the default digits model that bench.steps reads stays
+        root = root / f"text_encoder={text_encoder}"
     if overrides:
         root = root / "variants" / ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    encoder = text_encoder_by_name(text_encoder)
     if minutes is None and steps is None:
         minutes = 0.5 if quick else 3.0
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     parts = [f"## Quality ({'quick, ' if quick else ''}torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')})"
+             + (f"; text encoder: {text_encoder}" if text_encoder != "tiny" else "")
              + (f"; changed from the defaults: {overrides}" if overrides else "")
              + (f"; sampling: {sampling}" if sampling != DEFAULT_SAMPLING else "")]
     for name in datasets:
         parts.append(bench_dataset(name, minutes=minutes, steps=steps, n=n, root=root, log=log, overrides=overrides,
-                                   sampling=sampling, reuse=reuse, guidance_starts=guidance_starts, quick=quick)[0])
+                                   sampling=sampling, reuse=reuse, guidance_starts=guidance_starts, quick=quick,
+                                   text_encoder=encoder)[0])
     return "\n\n".join(parts) + "\n"
 
 
@@ -331,6 +342,8 @@ def main(argv=None):
     p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLING.sampler, help="t2i_core's sampler")
     p.add_argument("--sampling-steps", type=int, default=DEFAULT_SAMPLING.steps)
     p.add_argument("--eta", type=float, default=DEFAULT_SAMPLING.eta, help="DDIM's eta (0: deterministic)")
+    p.add_argument("--text-encoder", choices=TEXT_ENCODER_NAMES, default="tiny",
+                   help="the frozen text encoder to train with (the demo trains with minilm)")
     p.add_argument("--reuse", action="store_true",
                    help="train nothing: judge the models the same command left in --root (e.g. with another sampler)")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -350,7 +363,7 @@ def main(argv=None):
             p.error(f"--datasets: unknown dataset {name!r}; choose from {', '.join(BUILTIN_DATASETS)}")
     text = run(a.quick, minutes=a.minutes, steps=a.steps, n=a.n, datasets=datasets, root=a.root,
                log=log, overrides=overrides, guidance_starts=starts,
-               sampling=Sampling(a.sampler, a.sampling_steps, a.eta), reuse=a.reuse)
+               sampling=Sampling(a.sampler, a.sampling_steps, a.eta), reuse=a.reuse, text_encoder=a.text_encoder)
     print(text)
     if a.out:
         a.out.write_text(text)
