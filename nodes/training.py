@@ -91,7 +91,8 @@ class Train(Node):
             category=TRAINING,
             description="Trains a text-conditioned U-Net from scratch on a folder of images with same-name .txt "
                         "captions (or a metadata.jsonl), with CFG dropout, and saves it to models/t2i_mini. Cancel "
-                        "saves a checkpoint that a later run with resume on continues exactly.",
+                        "and the panel's Stop save a checkpoint that a later run with resume on continues exactly. "
+                        "With run_in_background it trains in a subprocess and the queue goes on.",
             inputs=[
                 io.Combo.Input("dataset", options=paths.dataset_choices(), default=paths.NO_DATASET,
                                tooltip="A subfolder of ComfyUI's input folder (or of a dataset folder the "
