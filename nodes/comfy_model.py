@@ -95,7 +95,7 @@ class DiffusionModel(torch.nn.Module):
         key_mask = None if attention_mask is None else attention_mask.reshape(attention_mask.shape[0], -1) > 0.5
         # fp32 on the CPU, as ComfyUI runs its own models there; bf16 autocast on a GPU that has it
         precision = "fp32" if x.device.type == "cpu" else "auto"
-        self.check_size(*image_size(x.shape[-2], x.shape[-1], self.codec_factor), batch=x.shape[0],
+        self.check_size(*image_size(x.shape[-2], x.shape[-1], self.codec_factor), batch=x.shape[0], rows=x.shape[0],
                         allow_large=os.environ.get(ALLOW_LARGE_SIZES_ENV) == "1",
                         override=f"sample with the Guided DDIM Sampler and allow_large_sizes on (for KSampler, the "
                                  f"server's operator can set {ALLOW_LARGE_SIZES_ENV}=1)")

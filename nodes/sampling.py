@@ -1,6 +1,8 @@
 """Starting noise, the guided sampler and decoding: the generation half of the pack."""
 from __future__ import annotations
 
+import math
+
 import comfy.model_management as mm
 import comfy.utils
 import torch
@@ -8,7 +10,7 @@ from comfy_api.latest import io
 
 from ..t2i_core import SAMPLERS, PixelCodec, VAECodec, cancel, latent_shape, make_noise, match_batch, sample
 from ..t2i_core.codecs import decode_in_pieces
-from ..t2i_core.devices import PRECISIONS, release_freed_memory
+from ..t2i_core.devices import PRECISIONS, check_memory, release_freed_memory
 from ..t2i_core.external import check_same_part
 from ..t2i_core.geometry import image_size
 from .comfy_format import (
@@ -60,23 +62,27 @@ class NoiseLatent(Node):
 
     @classmethod
     def execute(cls, codec, seed, width, height, batch_size, model=None) -> io.NodeOutput:
-        codec, shape = latent_for(codec, model, width, height)
+        codec, shape = latent_for(codec, model, width, height, batch_size, copies=2)  # the noise, then unscaled
         noise = make_noise([(seed + i) % SEED_SPACE for i in range(batch_size)], shape)
         return io.NodeOutput({"samples": codec.unscale(noise).to(mm.intermediate_device())})
 
 
-def latent_for(codec, model, width: int, height: int):
-    """(the engine's codec, latent shape) for a width x height image: a core VAE takes the model's latent
-    scaling where a model is given; the size is checked against the codec and, with a model, its U-Net."""
+def latent_for(codec, model, width: int, height: int, batch: int, copies: int = 1):
+    """(the engine's codec, latent shape) for `batch` width x height images: a core VAE takes the model's latent
+    scaling where a model is given; the size is checked against the codec and, with a model, its U-Net, and
+    `copies` such latents against the free memory."""
     latent_model = model is not None and not isinstance(model.codec, PixelCodec)
     codec = as_codec(codec, scaling=(model.codec.scaling_factor, model.codec.shift_factor) if latent_model else None)
     if model is not None and (model.codec.channels, model.codec.factor) != (codec.channels, codec.factor):
         raise ValueError(f"the codec ({codec.channels} channels, factor {codec.factor}) is not the model's "
                          f"({model.codec.channels} channels, factor {model.codec.factor}); use the CODEC output "
                          "of the same checkpoint, or the VAE it was trained on")
-    return codec, latent_shape(height, width, channels=codec.channels, codec_factor=codec.factor,
-                               unet_factor=model.unet.cfg.downsample_factor if model is not None else 1,
-                               what="width and height")
+    shape = latent_shape(height, width, channels=codec.channels, codec_factor=codec.factor,
+                         unet_factor=model.unet.cfg.downsample_factor if model is not None else 1,
+                         what="width and height")
+    check_memory(copies * batch * math.prod(shape) * 4, f"a latent of {batch} images of {width}x{height} px",
+                 mm.intermediate_device(), "Use a smaller size or batch_size")
+    return codec, shape
 
 
 class EmptyLatent(Node):
@@ -103,7 +109,7 @@ class EmptyLatent(Node):
 
     @classmethod
     def execute(cls, codec, width, height, batch_size, model=None) -> io.NodeOutput:
-        _, shape = latent_for(codec, model, width, height)
+        _, shape = latent_for(codec, model, width, height, batch_size)
         return io.NodeOutput({"samples": torch.zeros(batch_size, *shape, device=mm.intermediate_device())})
 
 

@@ -62,3 +62,37 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+# A size whose estimated memory passes this share of what the device has free is refused even where the caller
+# lifted the size limit: running it would swap the machine or have the system kill the process (the server).
+MEMORY_SHARE = 0.8
+
+
+def available_memory_bytes(device: torch.device | str) -> int | None:
+    """Memory free for new tensors on `device`: the CPU's MemAvailable (Linux), a GPU's free memory plus what
+    torch's allocator holds unused; None where it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return None
+
+
+def check_memory(needed_bytes: int, what: str, device: torch.device | str, fix: str) -> None:
+    """ValueError naming `what`, the estimate and the memory free when `needed_bytes` passes MEMORY_SHARE of it."""
+    free = available_memory_bytes(device)
+    if free is not None and needed_bytes > MEMORY_SHARE * free:
+        device = torch.device(device)
+        where = "the CPU's memory" if device.type == "cpu" else f"{device}'s memory"
+        raise ValueError(f"{what} needs about {needed_bytes / 2**30:,.1f} GiB of memory, and {where} has "
+                         f"{free / 2**30:,.1f} GiB free: running it would make the system swap or kill the "
+                         f"server, so no setting lifts this limit. {fix}")

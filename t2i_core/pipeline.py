@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .conditioning import Codec, Conditioning, TextEncoder, match_batch
+from .devices import check_memory
 from .geometry import check_sample_size, latent_shape
 from .sampler import StepCallback, make_noise, sample
 from .schedule import NoiseSchedule
@@ -42,11 +43,20 @@ class T2IModel:
         return int(resolution) if isinstance(resolution, (int, float)) and resolution > 0 else None
 
     def check_size(self, height: int, width: int, batch: int = 1, allow_large: bool = False,
-                   override: str = "pass allow_large_sizes=True") -> int:
-        """ValueError, with the cost estimate, for a size far beyond the trained one (geometry.check_sample_size)."""
-        return check_sample_size(height, width, codec_factor=self.codec.factor, unet_cfg=self.unet.cfg,
-                                 trained_resolution=self.trained_resolution, batch=batch, allow_large=allow_large,
-                                 override=override)
+                   override: str = "pass allow_large_sizes=True", rows: int | None = None) -> int:
+        """ValueError, with the cost estimate, for a size far beyond the trained one (geometry.check_sample_size),
+        and, whatever allow_large says, for one whose sampling would not fit in the device's free memory. rows: the
+        U-Net's rows a step (default 2 x batch, CFG's cond and uncond)."""
+        tokens = check_sample_size(height, width, codec_factor=self.codec.factor, unet_cfg=self.unet.cfg,
+                                   trained_resolution=self.trained_resolution, batch=batch, allow_large=allow_large,
+                                   override=override)
+        channels, h, w = self.latent_shape(height, width)
+        rows = rows or 2 * batch
+        # the forward pass, and the sampler's own latents (the noisy sample, the guided prediction, the next one)
+        needed = self.unet.forward_memory_bytes(h, w, rows) + 4 * rows * channels * h * w * 4
+        check_memory(needed, f"sampling {width}x{height} px (width x height) at batch {batch}",
+                     next(self.unet.parameters()).device, "Use a smaller size or batch")
+        return tokens
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         return self.text_encoder.encode(list(prompts)).conditioning

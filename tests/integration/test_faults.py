@@ -219,6 +219,23 @@ def test_a_size_far_beyond_training_is_refused_with_its_cost(faults, trained_her
     assert "262,144 positions" in error and "T2I_MINI_ALLOW_LARGE_SIZES" in error, error
 
 
+def test_a_size_that_would_not_fit_in_memory_is_refused_even_with_large_sizes_allowed(faults, trained_here):
+    rss = faults.server.rss_bytes()
+    # the largest noise the node's inputs allow: 4096 images of 8192x8192, 3.3 TB
+    noise = generate_prompt(trained_here, width=8192, height=8192, batch=4096)
+    error = run_failing(faults.server, noise)
+    assert "a latent of 4096 images of 8192x8192 px needs about" in error and "GiB free" in error, error
+    assert "no setting lifts this limit" in error and "smaller size or batch_size" in error
+    # one 8192x8192 image: its noise fits, its sampling (the U-Net's activations) does not
+    prompt = generate_prompt(trained_here, width=8192, height=8192, batch=1)
+    prompt["5"]["inputs"]["allow_large_sizes"] = True
+    error = run_failing(faults.server, prompt)
+    assert "sampling 8192x8192 px (width x height) at batch 1 needs about" in error, error
+    assert faults.server.rss_bytes() < rss + 2**30  # refused before the work, not after
+    assert_still_serving(faults.server)
+    print(f"\n{error.splitlines()[0][:300]}")
+
+
 async def sample_and_cancel(server: ComfyServer, prompt: dict, node: str, after_s: float | None):
     """Queue `prompt` and POST /interrupt `after_s` seconds after `node` starts executing (None: never); returns
     (seconds from the interrupt, or from the node's start, to the end of the prompt, `node`'s progress events,
