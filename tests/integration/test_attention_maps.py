@@ -47,7 +47,7 @@ def test_attention_maps_template_runs(comfy):
 # shape reliably (docs/QUALITY.md, "Attention maps of a short run"), so the test checks what holds on every CPU: the
 # maps are per-word distributions over the image, they differ between words, and the images are drawn shapes.
 
-SHAPES_STEPS = 600
+SHAPES_STEPS = 350
 SAMPLES = 48
 
 
