@@ -11,7 +11,7 @@ from .devices import check_memory
 from .geometry import check_sample_size, latent_shape
 from .sampler import StepCallback, make_noise, sample
 from .schedule import NoiseSchedule
-from .unet import TextConditionedUNet
+from .unet import TextConditionedUNet, forward_memory_bytes
 
 
 @dataclass
@@ -53,7 +53,7 @@ class T2IModel:
         channels, h, w = self.latent_shape(height, width)
         rows = rows or 2 * batch
         # the forward pass, and the sampler's own latents (the noisy sample, the guided prediction, the next one)
-        needed = self.unet.forward_memory_bytes(h, w, rows) + 4 * rows * channels * h * w * 4
+        needed = forward_memory_bytes(self.unet.cfg, h, w, rows) + 4 * rows * channels * h * w * 4
         check_memory(needed, f"sampling {width}x{height} px (width x height) at batch {batch}",
                      next(self.unet.parameters()).device, "Use a smaller size or batch")
         return tokens

@@ -169,6 +169,31 @@ ROW_BY_ROW_ABOVE_POSITIONS = 1 << 16
 # channels x positions, summed) at once: skips kept for the up path, a block's working tensors, attention chunks.
 # Measured peaks were 12-17x (docs/RELIABILITY.md, "Memory at large sizes"); the estimate keeps a margin above.
 FORWARD_MAP_FACTOR = 28
+# A training step (forward and backward, fp32) holds about 90x its images' feature maps, the tensors autograd saves
+# for the backward (docs/RELIABILITY.md, "Memory at large sizes"); the estimate keeps a margin above.
+TRAIN_MAP_FACTOR = 120
+
+
+def feature_map_elements(cfg: UNetConfig, height: int, width: int) -> int:
+    """One image's feature maps: every level's channels x positions, summed, for a `height` x `width` input in
+    model space."""
+    h, w = height // cfg.patch_size, width // cfg.patch_size
+    return sum(cfg.base_channels * m * (h >> level) * (w >> level) for level, m in enumerate(cfg.channel_mult))
+
+
+def forward_memory_bytes(cfg: UNetConfig, height: int, width: int, rows: int, element_bytes: int = 4) -> int:
+    """About the most memory one forward pass without gradients holds at once for `rows` rows (CFG's cond and
+    uncond rows each count) of a `height` x `width` input in model space: FORWARD_MAP_FACTOR x the feature maps
+    of the rows computed together (one at a time above ROW_BY_ROW_ABOVE_POSITIONS), plus the output."""
+    positions = (height // cfg.patch_size) * (width // cfg.patch_size)
+    together = 1 if rows > 1 and positions > ROW_BY_ROW_ABOVE_POSITIONS else rows
+    output = rows * cfg.out_channels * height * width
+    return element_bytes * (FORWARD_MAP_FACTOR * together * feature_map_elements(cfg, height, width) + 2 * output)
+
+
+def train_memory_bytes(cfg: UNetConfig, height: int, width: int, batch: int, element_bytes: int = 4) -> int:
+    """About the most memory a training step of `batch` images holds: what autograd keeps for the backward."""
+    return element_bytes * TRAIN_MAP_FACTOR * batch * feature_map_elements(cfg, height, width)
 
 
 def attention_chunk_size(q: torch.Tensor, k: torch.Tensor) -> int | None:
@@ -442,17 +467,6 @@ class TextConditionedUNet(nn.Module):
     def stages(self):
         """Every UNetStage in forward order: the order PreparedContext.kvs follows."""
         return [m for m in [*self.down, *self.mid, *self.up] if isinstance(m, UNetStage)]
-
-    def forward_memory_bytes(self, height: int, width: int, rows: int, element_bytes: int = 4) -> int:
-        """About the most memory one forward pass without gradients holds at once for `rows` rows (CFG's cond and
-        uncond rows each count) of a `height` x `width` input in model space: FORWARD_MAP_FACTOR x the feature maps
-        of the rows computed together (one at a time above ROW_BY_ROW_ABOVE_POSITIONS), plus the output."""
-        ch = [self.cfg.base_channels * m for m in self.cfg.channel_mult]
-        h, w = height // self.cfg.patch_size, width // self.cfg.patch_size
-        maps = sum(c * (h >> level) * (w >> level) for level, c in enumerate(ch))
-        together = 1 if rows > 1 and h * w > ROW_BY_ROW_ABOVE_POSITIONS else rows
-        output = rows * self.cfg.out_channels * height * width
-        return element_bytes * (FORWARD_MAP_FACTOR * together * maps + 2 * output)
 
     def prepare_context(self, context: torch.Tensor, key_mask: torch.Tensor | None = None) -> PreparedContext:
         context, key_mask = trim_padding(context, key_mask)

@@ -111,5 +111,5 @@ def test_training_resolution_is_checked_before_the_data_is_read(tmp_path):
     # opted in, the same kind of size trains
     data = make_shapes_dataset(tmp_path / "shapes", count=4, resolution=16, seed=0)
     allowed = TrainConfig(dataset=str(data), output=str(tmp_path / "m.safetensors"), resolution=136, steps=1,
-                          allow_large_sizes=True, cache_dir=str(tmp_path / "cache"))
+                          allow_large_sizes=True, batch_size=8, cache_dir=str(tmp_path / "cache"))
     assert Trainer(allowed, encoder, device="cpu").latent_shape == (3, 136, 136)

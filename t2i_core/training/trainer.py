@@ -35,13 +35,13 @@ from ..data.cache import TensorCache
 from ..data.captions import CaptionTable
 from ..data.folder import CaptionedImages, augment, fingerprint, gather, load_dataset
 from ..data.order import batch_positions, bucket_batch_positions, step_generator
-from ..devices import autocast, default_device, resolve_precision
+from ..devices import autocast, check_memory, default_device, resolve_precision
 from ..distributed import SINGLE, Distributed
 from ..geometry import check_train_size, image_multiple, latent_shape
 from ..pipeline import T2IModel
 from ..sampler import make_noise, sample
 from ..schedule import NoiseSchedule, ScheduleConfig
-from ..unet import TextConditionedUNet, preset_config
+from ..unet import TextConditionedUNet, preset_config, train_memory_bytes
 from .config import Progress, TrainCallbacks, TrainConfig, TrainResult, lr_factor
 from .state import (
     TrainingError,
@@ -108,6 +108,11 @@ class Trainer:
             check_train_size(cfg.resolution, codec_factor=self.codec.factor, unet_cfg=unet_cfg,
                              allow_large=cfg.allow_large_sizes, override="set allow_large_sizes (TrainConfig, or "
                              "the Train node's input) on")
+            rows = cfg.batch_size // self.dist.world_size  # each rank's share of a micro-batch
+            _, h, w = self.latent_shape
+            check_memory(train_memory_bytes(unet_cfg, h, w, rows), f"training at {cfg.resolution} px with {rows} "
+                         "images a step" + (" per process" if self.dist.active else ""), self.device,
+                         "Use a smaller resolution or batch_size (grad_accum keeps the images per optimizer step)")
         except ValueError as e:
             raise TrainingError(str(e)) from None
         self.data: CaptionedImages = load_dataset(
