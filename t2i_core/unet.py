@@ -165,12 +165,11 @@ CHUNK_MAX_SCORES = 1 << 27
 # conditioning row at a time, so the longest single operation (a level-0 convolution, a feed-forward) covers one
 # row, not a whole CFG batch (docs/RELIABILITY.md, "Cancel at any size"). Below it, one batched pass.
 ROW_BY_ROW_ABOVE_POSITIONS = 1 << 16
-# A forward pass without gradients holds at most about this many times its rows' feature maps (every level's
-# channels x positions, summed) at once: skips kept for the up path, a block's working tensors, attention chunks.
-# Measured peaks were 12-17x (docs/RELIABILITY.md, "Memory at large sizes"); the estimate keeps a margin above.
+# A forward pass without gradients holds a multiple of its rows' feature maps (every level's channels x positions,
+# summed) at once: skips kept for the up path, a block's working tensors, attention chunks. A training step holds
+# a larger one: the tensors autograd saves for the backward. Both factors sit above the measured peaks with a
+# margin, so an estimate refuses what would not fit and not what would (docs/RELIABILITY.md, "Memory at large sizes").
 FORWARD_MAP_FACTOR = 28
-# A training step (forward and backward, fp32) holds about 90x its images' feature maps, the tensors autograd saves
-# for the backward (docs/RELIABILITY.md, "Memory at large sizes"); the estimate keeps a margin above.
 TRAIN_MAP_FACTOR = 120
 
 

@@ -62,7 +62,6 @@ def test_stop_is_asked_of_a_running_run_only_and_one_checkpoint_trains_once(stor
     assert runs.history(run.id)["status"] == "failed" and runs.history(run.id)["error"] == "boom"
     later = runs.start("4", "r", "a.safetensors", 10, output="/models/a.safetensors")  # the old run has ended
     assert runs.request_stop(later.id) is later and runs.request_stop("0" * 32) is None
-    runs.finish(run, "done")
     ended = runs.start("4", "s", "b.safetensors", 10)
     runs.finish(ended, "done")
     runs.request_stop(ended.id)
