@@ -93,6 +93,7 @@ def run(quick: bool = False) -> Section:
     section.tables.append(latency)
 
     cancel_gaps_at_large_sizes(section, quick)
+    cancel_gaps_in_vae_decode(section, quick)
 
     n = 10_000
     t0 = time.perf_counter()
@@ -183,6 +184,33 @@ def cancel_gaps_at_large_sizes(section: Section, quick: bool) -> None:
                       "between attention chunks" if inside else "between blocks or their parts")
             section.summary[f"reliability_large_gap_{preset}_{res}"] = longest
         del unet
+    section.tables.append(table)
+
+
+VAE_SIZES = (256, 512, 1024)
+
+
+def cancel_gaps_in_vae_decode(section: Section, quick: bool) -> None:
+    """The longest time between two Cancel checks while a Stable Diffusion-sized VAE (the shipped SD 1.x config,
+    random weights: the time does not depend on them) decodes one image, against the whole decode. The pack's
+    VAECodec and a core VAE behind the Decode node check before the same blocks and convolutions."""
+    from t2i_core import cancel
+    from t2i_core.codecs import VAE_CONFIGS, vae_from_config
+    import json
+    codec = vae_from_config(json.loads((VAE_CONFIGS / "sd15.json").read_text()))
+    table = Table("Cancel in a VAE decode: the longest gap between two checks, one image, SD 1.x-sized VAE, fp32",
+                  ["size", "latent", "decode s", "checks", "longest gap s"])
+    for res in VAE_SIZES[:1] if quick else VAE_SIZES:
+        marks = []
+        latent = torch.randn(1, 4, res // 8, res // 8)
+        with cancel.calling(lambda: marks.append(time.perf_counter())):
+            start = time.perf_counter()
+            codec.decode_raw(latent)
+            end = time.perf_counter()
+        times = [start, *marks, end]
+        longest = max(b - a for a, b in zip(times, times[1:]))
+        table.add(f"{res}x{res}", f"4x{res // 8}x{res // 8}", end - start, len(marks), longest)
+        section.summary[f"reliability_vae_gap_{res}"] = longest
     section.tables.append(table)
 
 

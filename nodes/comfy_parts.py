@@ -13,7 +13,7 @@ import weakref
 
 import torch
 
-from ..t2i_core import Conditioning, EncodedText
+from ..t2i_core import Conditioning, EncodedText, cancel
 from ..t2i_core.codecs import CodecError, LatentScale
 from ..t2i_core.data.cache import TensorCache
 
@@ -139,6 +139,10 @@ class ComfyCLIPTextEncoder:
         return self  # ComfyUI's model management moves it
 
 
+# ComfyUI's names for an image VAE decoder's parts (comfy/ldm/modules/diffusionmodules/model.py, comfy.ops)
+CORE_DECODER_PARTS = ("ResnetBlock", "AttnBlock", "Upsample", "Conv2d")
+
+
 class ComfyVAECodec(LatentScale):
     """A core VAE as t2i_core's codec: images <-> the VAE's latent, scaled to about unit variance for the model."""
 
@@ -167,8 +171,16 @@ class ComfyVAECodec(LatentScale):
 
     @torch.no_grad()
     def decode_raw(self, latent: torch.Tensor) -> torch.Tensor:
-        """What core VAE Decode gives for this LATENT, as (B, 3, H, W)."""
-        return self.vae.decode(latent).float().movedim(-1, 1).clamp(0, 1)
+        """What core VAE Decode gives for this LATENT, as (B, 3, H, W). Cancel is checked before each of the
+        decoder's blocks and convolutions while it runs."""
+        with cancel.checked_before(self.decoder_parts()):
+            return self.vae.decode(latent).float().movedim(-1, 1).clamp(0, 1)
+
+    def decoder_parts(self) -> list[torch.nn.Module]:
+        # Checked before every convolution, not only every block: a ResnetBlock of an SD VAE at 1024 px holds
+        # two 128-channel convolutions over a million positions (docs/RELIABILITY.md, "Cancel at any size")
+        decoder = getattr(self.vae.first_stage_model, "decoder", None)
+        return [] if decoder is None else [m for m in decoder.modules() if type(m).__name__ in CORE_DECODER_PARTS]
 
     @property
     def identity(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 _check: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("t2i_cancel_check", default=None)
 
@@ -33,3 +33,15 @@ def calling(check: Callable[[], None] | None) -> Iterator[None]:
         yield
     finally:
         _check.reset(token)
+
+
+@contextlib.contextmanager
+def checked_before(modules: Iterable) -> Iterator[None]:
+    """The check runs before each of `modules` (torch modules) for the duration of a with-block; the hooks are
+    removed after, so a module someone else owns (a ComfyUI VAE) is left as it was."""
+    handles = [m.register_forward_pre_hook(lambda *_: check_cancel()) for m in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -80,7 +80,10 @@ class PixelCodec(nn.Module):
         return self.decode(latent)
 
 
-DECODER_BLOCKS = ("ResnetBlock2D", "Attention", "Upsample2D")  # diffusers' names for the decoder's blocks
+# diffusers' names for the decoder's blocks, and its convolutions: at 1024 px one ResnetBlock2D of an SD VAE holds
+# two 128-channel convolutions over a million positions, so Cancel is checked before each of them too
+# (docs/RELIABILITY.md, "Cancel at any size")
+DECODER_BLOCKS = ("ResnetBlock2D", "Attention", "Upsample2D", "Conv2d")
 # Latents of more positions than this (a 512 px image from an SD VAE) are decoded one image at a time, with a
 # Cancel check between images; smaller batches in one call, as before
 DECODE_ONE_BY_ONE_ABOVE_POSITIONS = 64 * 64
@@ -111,8 +114,8 @@ class VAECodec(LatentScale, nn.Module):
         self.factor = 2 ** (len(cfg.block_out_channels) - 1)
         self.source = source  # the file it was read from, for the record
         self._id: str | None = None
-        # Cancel is checked before each decoder block (t2i_core.cancel; one lookup when unset), so a large decode
-        # stops within one block instead of one whole image
+        # Cancel is checked before each decoder block and convolution (t2i_core.cancel; one lookup when unset), so
+        # a large decode stops within one convolution instead of one whole image
         for block in self.vae.decoder.modules():
             if type(block).__name__ in DECODER_BLOCKS:
                 block.register_forward_pre_hook(lambda *_: check_cancel())

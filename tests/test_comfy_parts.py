@@ -93,6 +93,34 @@ def test_core_vae_codec_encodes_and_decodes_as_core_nodes_do(parts, core, vae):
     assert torch.equal(codec.decode_raw(raw), decoded.movedim(-1, 1))
 
 
+def test_cancel_stops_a_core_vae_decode_inside_the_decoder_and_leaves_the_vae_unhooked(parts, core, vae):
+    from t2i_core import cancel
+
+    class Stop(Exception):
+        pass
+
+    codec = parts.as_codec(vae)
+    decoder_parts = codec.decoder_parts()
+    assert sum(type(m).__name__ == "Conv2d" for m in decoder_parts) > 10  # every convolution, not only the blocks
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 5:
+            raise Stop
+
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    with cancel.calling(check), pytest.raises(Stop):
+        codec.decode_raw(latent)
+    assert len(calls) == 5  # stopped inside the decoder, at the fifth part
+    assert not any(m._forward_pre_hooks for m in vae.first_stage_model.modules())  # ComfyUI's VAE as it was
+    with cancel.calling(lambda: calls.append(1)):
+        decoded = codec.decode_raw(latent)
+    assert len(calls) == 5 + len(decoder_parts)
+    [theirs] = core.VAEDecode().decode(vae, {"samples": latent})
+    assert torch.equal(decoded, theirs.movedim(-1, 1))
+
+
 def test_identities_tell_files_apart_and_mismatches_are_refused(parts, clip, files, tmp_path):
     from safetensors.torch import load_file, save_file
     other_file = tmp_path / "other_clip_l.safetensors"
