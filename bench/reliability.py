@@ -9,6 +9,7 @@ so the ratio is the hook's real cost; where the hook is None, forward makes one 
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -196,14 +197,13 @@ def cancel_gaps_in_vae_decode(section: Section, quick: bool) -> None:
     VAECodec and a core VAE behind the Decode node check before the same blocks and convolutions."""
     from t2i_core import cancel
     from t2i_core.codecs import VAE_CONFIGS, vae_from_config
-    import json
     codec = vae_from_config(json.loads((VAE_CONFIGS / "sd15.json").read_text()))
     table = Table("Cancel in a VAE decode: the longest gap between two checks, one image, SD 1.x-sized VAE, fp32",
                   ["size", "latent", "decode s", "checks", "longest gap s"])
     for res in VAE_SIZES[:1] if quick else VAE_SIZES:
-        marks = []
+        marks: list[float] = []
         latent = torch.randn(1, 4, res // 8, res // 8)
-        with cancel.calling(lambda: marks.append(time.perf_counter())):
+        with cancel.calling(lambda marks=marks: marks.append(time.perf_counter())):
             start = time.perf_counter()
             codec.decode_raw(latent)
             end = time.perf_counter()
