@@ -177,8 +177,7 @@ class ComfyVAECodec(LatentScale):
             return self.vae.decode(latent).float().movedim(-1, 1).clamp(0, 1)
 
     def decoder_parts(self) -> list[torch.nn.Module]:
-        # Checked before every convolution, not only every block: a ResnetBlock of an SD VAE at 1024 px holds
-        # two 128-channel convolutions over a million positions (docs/RELIABILITY.md, "Cancel at any size")
+        # the same parts the pack's own VAECodec checks before (t2i_core.codecs.DECODER_BLOCKS, and why)
         decoder = getattr(self.vae.first_stage_model, "decoder", None)
         return [] if decoder is None else [m for m in decoder.modules() if type(m).__name__ in CORE_DECODER_PARTS]
 

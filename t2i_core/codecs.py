@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .cancel import check_cancel
+from .cancel import check_cancel, checked_before
 from .conditioning import Codec
 from .data.cache import module_digest
 from .files import state_dict_problems
@@ -114,11 +114,6 @@ class VAECodec(LatentScale, nn.Module):
         self.factor = 2 ** (len(cfg.block_out_channels) - 1)
         self.source = source  # the file it was read from, for the record
         self._id: str | None = None
-        # Cancel is checked before each decoder block and convolution (t2i_core.cancel; one lookup when unset), so
-        # a large decode stops within one convolution instead of one whole image
-        for block in self.vae.decoder.modules():
-            if type(block).__name__ in DECODER_BLOCKS:
-                block.register_forward_pre_hook(lambda *_: check_cancel())
 
     @property
     def spec(self) -> dict:
@@ -153,7 +148,10 @@ class VAECodec(LatentScale, nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        images = self.vae.decode(self.unscale(z).to(self.vae.dtype)).sample
+        # Cancel is checked before each decoder block and convolution, so a large decode stops within one
+        # convolution instead of one whole image
+        with checked_before(m for m in self.vae.decoder.modules() if type(m).__name__ in DECODER_BLOCKS):
+            images = self.vae.decode(self.unscale(z).to(self.vae.dtype)).sample
         return ((images.float() + 1) / 2).clamp(0, 1)
 
 
