@@ -252,7 +252,7 @@ class Decode(Node):
         device = mm.get_torch_device() if own_vae else torch.device("cpu")
         codec.to(device)
         try:
-            # Cancel holds between images and, for the pack's own VAEs, between decoder blocks
+            # Cancel holds between images, between a large image's tiles, and inside the decoder
             with torch.inference_mode(), cancel.calling(mm.throw_exception_if_processing_interrupted):
                 images = decode_in_pieces(codec, latent.to(device))
         finally:

@@ -165,6 +165,12 @@ CHUNK_MAX_SCORES = 1 << 27
 # conditioning row at a time, so the longest single operation (a level-0 convolution, a feed-forward) covers one
 # row, not a whole CFG batch (docs/RELIABILITY.md, "Cancel at any size"). Below it, one batched pass.
 ROW_BY_ROW_ABOVE_POSITIONS = 1 << 16
+# At those sizes a single convolution over the first level, or a feed-forward over an attention level, still
+# takes seconds on a CPU at 1024 px and grows with the image; each runs in pieces of at most this much work
+# (multiply-adds; about 2 GFLOP, tens of milliseconds), checking Cancel between them (docs/RELIABILITY.md,
+# "Cancel at any size"). Below ROW_BY_ROW_ABOVE_POSITIONS, and for the feed-forward below CHUNK_ABOVE_QUERIES,
+# one call as before.
+PIECE_MAX_MACS = 1 << 30
 # A forward pass without gradients holds a multiple of its rows' feature maps (every level's channels x positions,
 # summed) at once: skips kept for the up path, a block's working tensors, attention chunks. A training step holds
 # a larger one: the tensors autograd saves for the backward. Both factors sit above the measured peaks with a
@@ -264,6 +270,8 @@ class CrossAttention(nn.Module):
         q = self.split_heads(self.to_q(x))
         k, v = kv if kv is not None else self.project_context(x if context is None else context)
         mask = key_mask if key_mask is None or key_mask.dim() == 4 else key_mask[:, None, None, :]
+        if q.shape[-2] > ROW_BY_ROW_ABOVE_POSITIONS:  # the projections above take a while there too
+            check_cancel()
         if self.attention_probs_hook is not None:
             self.attention_probs_hook(q, k, mask)
         out = attention(q, k, v, mask)
@@ -272,7 +280,9 @@ class CrossAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """GEGLU feed-forward (Shazeer 2020), as in Stable Diffusion's transformer blocks."""
+    """GEGLU feed-forward (Shazeer 2020), as in Stable Diffusion's transformer blocks. Over more than
+    CHUNK_ABOVE_QUERIES positions it runs in chunks of positions of at most PIECE_MAX_MACS, checking Cancel
+    between them; each position's result is the same computation either way."""
 
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
@@ -280,6 +290,17 @@ class FeedForward(nn.Module):
         self.proj_out = nn.Linear(dim * mult, dim)
 
     def forward(self, x):
+        b, n, dim = x.shape
+        chunk = max(1, PIECE_MAX_MACS // (b * dim * self.proj_in.out_features * 3 // 2))
+        if n <= CHUNK_ABOVE_QUERIES or chunk >= n:
+            return self.feed(x)
+        pieces = []
+        for start in range(0, n, chunk):
+            pieces.append(self.feed(x[:, start:start + chunk]))
+            check_cancel()
+        return torch.cat(pieces, dim=1)
+
+    def feed(self, x):
         h, gate = self.proj_in(x).chunk(2, dim=-1)
         return self.proj_out(h * F.gelu(gate))
 
@@ -314,9 +335,38 @@ class SpatialTransformer(nn.Module):
     def forward(self, x, context, key_mask=None, kvs=None):
         b, c, h, w = x.shape
         tokens = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))  # (B, H*W, C)
+        if h * w > ROW_BY_ROW_ABOVE_POSITIONS:
+            check_cancel()
         for i, block in enumerate(self.blocks):
             tokens = block(tokens, context, key_mask, None if kvs is None else kvs[i])
         return x + self.proj_out(tokens).transpose(1, 2).reshape(b, c, h, w)
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (the same parameters and state dict) that, over more than ROW_BY_ROW_ABOVE_POSITIONS input
+    positions, computes its output in bands of rows of at most PIECE_MAX_MACS each, checking Cancel between
+    them. Each band reads the input rows its outputs need, zeros beyond the edges as the padding gives: the same
+    convolution, to float rounding."""
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        row_macs = b * out_w * self.out_channels * (self.in_channels // self.groups) * kh * kw
+        band = max(1, PIECE_MAX_MACS // row_macs)
+        if h * w <= ROW_BY_ROW_ABOVE_POSITIONS or band >= out_h:
+            return super().forward(x)
+        out = None
+        for top in range(0, out_h, band):
+            bottom = min(out_h, top + band)
+            first, last = top * sh - ph, (bottom - 1) * sh - ph + kh  # input rows [first, last) incl. padding
+            rows = F.pad(x[:, :, max(first, 0):min(last, h)], (0, 0, max(0, -first), max(0, last - h)))
+            y = F.conv2d(rows, self.weight, self.bias, (sh, sw), (0, pw), self.dilation, self.groups)
+            if out is None:
+                out = y.new_empty(b, y.shape[1], out_h, y.shape[3])
+            out[:, :, top:bottom] = y
+            check_cancel()
+        return out
 
 
 class ResBlock(nn.Module):
@@ -324,11 +374,11 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.norm1, self.conv1 = group_norm(in_ch), nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm1, self.conv1 = group_norm(in_ch), Conv2d(in_ch, out_ch, 3, padding=1)
         self.temb_proj = nn.Linear(temb_dim, out_ch)
         self.norm2, self.dropout = group_norm(out_ch), nn.Dropout(dropout)
-        self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.conv2 = zero_module(Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x, temb_act):
         """temb_act: the timestep embedding after its SiLU, (B or 1, temb_dim); the U-Net applies the SiLU once
@@ -345,7 +395,7 @@ class ResBlock(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.conv = Conv2d(ch, ch, 3, stride=2, padding=1)
 
     def forward(self, x):
         return self.conv(x)
@@ -354,7 +404,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv = Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -422,7 +472,7 @@ class TextConditionedUNet(nn.Module):
         ch = [cfg.base_channels * m for m in cfg.channel_mult]
         temb_dim = cfg.base_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(cfg.base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        self.conv_in = nn.Conv2d(cfg.in_channels * cfg.patch_size ** 2, ch[0], 3, padding=1)
+        self.conv_in = Conv2d(cfg.in_channels * cfg.patch_size ** 2, ch[0], 3, padding=1)
 
         self.down = nn.ModuleList()
         skip_ch = [ch[0]]
@@ -450,7 +500,7 @@ class TextConditionedUNet(nn.Module):
                 self.up.append(Upsample(prev))
 
         self.norm_out = group_norm(prev)
-        self.conv_out = zero_module(nn.Conv2d(prev, cfg.out_channels * cfg.patch_size ** 2, 3, padding=1))
+        self.conv_out = zero_module(Conv2d(prev, cfg.out_channels * cfg.patch_size ** 2, 3, padding=1))
 
     @contextlib.contextmanager
     def calling_between_blocks(self, hook: Callable[[], None] | None):

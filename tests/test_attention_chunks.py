@@ -145,3 +145,56 @@ def test_row_by_row_at_large_sizes_equals_the_batched_pass(monkeypatch, shared):
         row_by_row = model.unet(x, t, context, key_mask)
     assert batched.shape[0] == (4 if shared else 2)
     torch.testing.assert_close(row_by_row, batched, rtol=1e-4, atol=1e-5)  # outputs of size ~1: float rounding
+
+
+@pytest.mark.parametrize("kernel, stride, padding, size", [(3, 1, 1, (41, 23)), (3, 2, 1, (41, 23)), (3, 2, 1, (40, 24)),
+                                                           (1, 1, 0, (37, 20))])
+def test_a_large_convolution_in_bands_equals_one_call_and_checks_between_bands(monkeypatch, kernel, stride, padding,
+                                                                              size):
+    torch.manual_seed(0)
+    conv = unet_module.Conv2d(6, 5, kernel, stride=stride, padding=padding)
+    x = torch.randn(2, 6, *size)
+    whole = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+    assert torch.equal(conv(x), whole)  # below ROW_BY_ROW_ABOVE_POSITIONS: one call
+    monkeypatch.setattr(unet_module, "ROW_BY_ROW_ABOVE_POSITIONS", 16 * 16)
+    row_macs = 2 * whole.shape[-1] * 5 * 6 * kernel * kernel
+    monkeypatch.setattr(unet_module, "PIECE_MAX_MACS", 4 * row_macs)  # bands of 4 output rows
+    checks = []
+    with cancel.calling(lambda: checks.append(1)):
+        banded = conv(x)
+    assert len(checks) == -(-whole.shape[-2] // 4)
+    torch.testing.assert_close(banded, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_a_feed_forward_over_many_positions_runs_in_chunks_equal_to_one_call(monkeypatch):
+    torch.manual_seed(0)
+    ff = unet_module.FeedForward(8)
+    x = torch.randn(2, 100, 8)
+    assert torch.equal(ff(x), ff.feed(x))  # at most CHUNK_ABOVE_QUERIES positions: one call
+    monkeypatch.setattr(unet_module, "CHUNK_ABOVE_QUERIES", 16)
+    monkeypatch.setattr(unet_module, "PIECE_MAX_MACS", 2 * 8 * 64 * 3 // 2 * 30)  # 30 positions a chunk
+    checks = []
+    with cancel.calling(lambda: checks.append(1)):
+        chunked = ff(x)
+    assert len(checks) == 4
+    torch.testing.assert_close(chunked, ff.feed(x), rtol=1e-5, atol=1e-6)
+
+
+def test_the_unet_in_pieces_at_large_sizes_equals_the_whole_pass(monkeypatch):
+    """Convolutions in bands and feed-forwards in chunks of positions (and the row-by-row pass they come with)."""
+    model = make_test_model()
+    x, t, context, key_mask = unet_inputs()
+    checks = []
+    with torch.no_grad():
+        whole = model.unet(x, t, context, key_mask)
+        monkeypatch.setattr(unet_module, "ROW_BY_ROW_ABOVE_POSITIONS", 16 * 16)
+        monkeypatch.setattr(unet_module, "CHUNK_ABOVE_QUERIES", 16)
+        monkeypatch.setattr(unet_module, "PIECE_MAX_MACS", 1 << 16)
+        with cancel.calling(lambda: checks.append(1)):
+            in_pieces = model.unet(x, t, context, key_mask)
+        monkeypatch.setattr(unet_module, "PIECE_MAX_MACS", 1 << 40)
+        with cancel.calling(lambda: checks.append(0)):
+            row_by_row = model.unet(x, t, context, key_mask)
+    assert sum(checks) > 2 * checks.count(0)  # many more checks: between bands and chunks
+    torch.testing.assert_close(in_pieces, row_by_row, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(in_pieces, whole, rtol=1e-4, atol=1e-5)

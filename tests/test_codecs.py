@@ -91,3 +91,62 @@ def test_raising_from_the_check_stops_a_decode_inside_the_vae():
     with cancel.calling(check), pytest.raises(Stop):
         codec.decode_raw(torch.randn(1, 4, 8, 8))
     assert cancel.current_check() is None
+
+
+class Upscaling:
+    """A codec whose decode is local (each latent cell becomes factor x factor pixels), so a tiled decode of it
+    must equal the whole one exactly wherever the tiles' weights overlap."""
+    channels, factor = 4, 4
+
+    def __init__(self):
+        self.calls = []
+
+    def decode_raw(self, latent):
+        self.calls.append(tuple(latent.shape[-2:]))
+        return torch.nn.functional.interpolate(latent[:, :3], scale_factor=self.factor, mode="nearest")
+
+
+def test_tiles_cover_every_position_and_blend_back_to_the_whole_decode():
+    from t2i_core import codecs
+    for size in (64, 65, 100, 112, 113, 128, 200, 1000):
+        spans = codecs.tile_spans(size, 64, 16)
+        assert spans[0][0] == 0 and sum(spans[-1]) == size and all(length <= 64 for _, length in spans)
+        assert all(a + length - b >= 16 for (a, length), (b, _) in zip(spans, spans[1:]))  # overlaps of at least 16
+        assert len(spans) == (1 if size <= 64 else -(-(size - 16) // 48))  # as few as can cover it
+    codec = Upscaling()
+    latent = torch.randn(2, 4, 150, 97)
+    checks = []
+    with cancel.calling(lambda: checks.append(1)):
+        tiled = codecs.decode_in_tiles(codec, latent)
+    torch.testing.assert_close(tiled, codec.decode_raw(latent), rtol=1e-6, atol=1e-6)
+    assert codec.calls[:-1] == [(61, 57)] * 6 and len(checks) == 6  # 3 x 2 tiles of at most 64, overlapping by 16
+
+
+def test_a_large_vae_latent_decodes_in_tiles_with_cancel_between_and_a_small_one_in_one_call(monkeypatch):
+    from t2i_core import codecs
+    torch.manual_seed(0)
+    codec = vae_from_config(TINY_VAE)
+    latent = torch.randn(1, 4, 24, 24)
+    assert torch.equal(codecs.decode_in_pieces(codec, latent), codec.decode_raw(latent))  # below: one call
+    monkeypatch.setattr(codecs, "DECODE_TILED_ABOVE_POSITIONS", 16 * 16)
+    monkeypatch.setattr(codecs, "DECODE_TILE", 16)
+    monkeypatch.setattr(codecs, "DECODE_TILE_OVERLAP", 4)
+    checks = []
+    with cancel.calling(lambda: checks.append(1)):
+        tiled = codecs.decode_in_pieces(codec, latent)
+    blocks = sum(type(m).__name__ in codecs.DECODER_BLOCKS for m in codec.vae.decoder.modules())
+    assert len(checks) == 4 * (blocks + 1)  # 2 x 2 tiles of 14 (starts 0 and 10): inside each, and after each
+    whole = codec.decode_raw(latent)
+    assert tiled.shape == whole.shape and tiled.min() >= 0 and tiled.max() <= 1
+    # the same picture: each tile normalises over itself, so values shift a little, but the image follows
+    other = codec.decode_raw(torch.randn(1, 4, 24, 24))
+    assert (tiled - whole).abs().mean() < 0.25 * (other - whole).abs().mean()
+
+    def stop_in_the_third_tile():
+        checks.append(1)
+        if len(checks) > 2 * (blocks + 1):
+            raise Stop
+
+    checks.clear()
+    with cancel.calling(stop_in_the_third_tile), pytest.raises(Stop):
+        codecs.decode_in_pieces(codec, latent)

@@ -121,6 +121,21 @@ def test_cancel_stops_a_core_vae_decode_inside_the_decoder_and_leaves_the_vae_un
     assert torch.equal(decoded, theirs.movedim(-1, 1))
 
 
+def test_a_large_latent_decodes_through_a_core_vae_in_tiles_with_cancel_between(parts, vae, monkeypatch):
+    from t2i_core import cancel, codecs
+    codec = parts.as_codec(vae)
+    monkeypatch.setattr(codecs, "DECODE_TILED_ABOVE_POSITIONS", 8 * 8)
+    monkeypatch.setattr(codecs, "DECODE_TILE", 8)
+    monkeypatch.setattr(codecs, "DECODE_TILE_OVERLAP", 2)
+    latent = torch.randn(1, 4, 12, 12, generator=torch.Generator().manual_seed(3))
+    checks = []
+    with cancel.calling(lambda: checks.append(1)):
+        tiled = codecs.decode_in_pieces(codec, latent)
+    assert tiled.shape == (1, 3, 96, 96) and tiled.min() >= 0 and tiled.max() <= 1
+    assert len(checks) == 4 * (len(codec.decoder_parts()) + 1)  # 2 x 2 tiles: inside each, and after each
+    assert not any(m._forward_pre_hooks for m in vae.first_stage_model.modules())
+
+
 def test_identities_tell_files_apart_and_mismatches_are_refused(parts, clip, files, tmp_path):
     from safetensors.torch import load_file, save_file
     other_file = tmp_path / "other_clip_l.safetensors"
