@@ -2,6 +2,7 @@
 on the training captions' wording and on held-out wordings of the same meaning (evals.wordings).
 
     .venv/bin/python -m bench.language [--steps 600] [--n 200] [--w 3] [--datasets digits,shapes]
+    .venv/bin/python -m bench.language --neighbours     # only the encoders' synonym table: seconds, no training
 
 For each dataset and encoder it trains a fresh model with the default TrainConfig for the same number of steps
 (same seed, so the same batches and noise), samples n images at guidance w (DDIM 25, eta 0, fp32) once prompted
@@ -21,8 +22,9 @@ import numpy as np
 import torch
 
 from evals.judges import evaluation
-from evals.wordings import DIGIT_TEMPLATES, SHAPE_TEMPLATES, digits_wordings, shapes_wordings
+from evals.wordings import DIGIT_TEMPLATES, SHAPE_SYNONYMS, SHAPE_TEMPLATES, digits_wordings, shapes_wordings
 from t2i_core.data.builtin import builtin_dataset
+from t2i_core.data.shapes import shapes_caption
 from t2i_core.text_encoder import TEXT_ENCODER_NAMES, text_encoder_by_name
 
 from .common import machine_line
@@ -53,6 +55,40 @@ def shapes_task(root: Path, n: int):
 
 
 TASKS = {"digits": digits_task, "shapes": shapes_task}
+
+
+BASE_ATTRIBUTES = {"color": "red", "shape": "circle", "position": "left", "size": "large"}
+
+
+def synonym_neighbours(encoders=TEXT_ENCODER_NAMES) -> str:
+    """Which training word each held-out synonym lies nearest to, for each encoder: the caption "a large red
+    circle on the left" with one attribute said by a synonym (evals.wordings.SHAPE_SYNONYMS), against the same
+    caption with each of that attribute's training words, by the cosine of the pooled (mean) states. A synonym
+    nearer another word's caption than its own asks the U-Net for the other word: a ceiling on held-out
+    adherence that no training of the U-Net lifts."""
+    lines = ["| text encoder | attribute | synonym (of) | nearest training word | cosine |", "|---|---|---|---|---|"]
+    totals = []
+    for encoder_name in encoders:
+        encoder = text_encoder_by_name(encoder_name)
+        right = count = 0
+        for attribute, synonyms in SHAPE_SYNONYMS.items():
+            words = list(synonyms)
+            canonical = [shapes_caption(**{**BASE_ATTRIBUTES, attribute: w}) for w in words]
+            phrase = {"position": lambda w: "in the center" if w == "center" else f"on the {w}"}.get(
+                attribute, lambda w: w)
+            said = [(word, syn, canonical[words.index(word)].replace(phrase(word), syn))
+                    for word in words for syn in synonyms[word]]
+            pooled = encoder.encode(canonical + [text for *_, text in said]).conditioning.pooled
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            sims = pooled[len(words):] @ pooled[:len(words)].T
+            for (word, syn, _), row in zip(said, sims):
+                nearest = words[int(row.argmax())]
+                right, count = right + (nearest == word), count + 1
+                lines.append(f"| {encoder_name} | {attribute} | {syn} ({word}) | "
+                             f"{nearest if nearest == word else f'**{nearest}**'} | {row.max():.2f} |")
+        totals.append(f"- {encoder_name}: {right} of {count} synonyms lie nearest their own word")
+    return "\n".join(["Held-out synonyms against the training words (pooled states, one attribute changed at a time):",
+                      "", *lines, "", *totals])
 
 
 def run(*, steps: int = 600, n: int = 200, w: float = 3.0, datasets=DATASETS, encoders=TEXT_ENCODER_NAMES,
@@ -111,6 +147,8 @@ def run(*, steps: int = 600, n: int = 200, w: float = 3.0, datasets=DATASETS, en
         "|---|---|" + "---|" * width,
         *per_template,
         *per_attribute,
+        "",
+        synonym_neighbours(encoders) if "shapes" in datasets else "",
     ]) + "\n"
 
 
@@ -123,8 +161,9 @@ def main(argv=None):
     p.add_argument("--encoders", default=",".join(TEXT_ENCODER_NAMES))
     p.add_argument("--root", type=Path, default=None, help=f"work folder (default {BENCH_DIR})")
     p.add_argument("--out", type=Path, help="also write the markdown here")
+    p.add_argument("--neighbours", action="store_true", help="only the synonym table (no training)")
     a = p.parse_args(argv)
-    text = run(steps=a.steps, n=a.n, w=a.w, datasets=tuple(a.datasets.split(",")),
+    text = synonym_neighbours(tuple(a.encoders.split(","))) + "\n" if a.neighbours else run(steps=a.steps, n=a.n, w=a.w, datasets=tuple(a.datasets.split(",")),
                encoders=tuple(a.encoders.split(",")), root=a.root, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(text)
     if a.out:

@@ -38,3 +38,15 @@ def test_shape_wordings_use_no_word_of_the_training_vocabulary():
         # left and right have no common synonym, so position keeps the word and changes the phrase
         assert not words(prompt) & (training_words - {"a", "on", "the", "in", "left", "right"}), prompt
         assert canonical.split(maxsplit=1)[1] not in prompt
+
+
+def test_the_synonym_table_has_a_row_per_synonym_and_counts_the_ones_nearest_their_own_word():
+    from bench.language import synonym_neighbours
+    table = synonym_neighbours(("tiny",))
+    rows = [line for line in table.splitlines() if line.startswith("| tiny |")]
+    synonyms = sum(len(s) for values in SHAPE_SYNONYMS.values() for s in values.values())
+    assert len(rows) == synonyms
+    right = sum("**" not in row for row in rows)
+    assert f"tiny: {right} of {synonyms} synonyms lie nearest their own word" in table
+    # every synonym was put into its caption: the random tower's states always change with a word
+    assert all(float(row.split("|")[-2]) < 0.995 for row in rows)
