@@ -22,7 +22,15 @@ import numpy as np
 import torch
 
 from evals.judges import evaluation
-from evals.wordings import DIGIT_TEMPLATES, SHAPE_SYNONYMS, SHAPE_TEMPLATES, digits_wordings, shapes_wordings
+from evals.wordings import (
+    DIGIT_TEMPLATES,
+    SHAPE_SYNONYMS,
+    SHAPE_TEMPLATES,
+    SPRITE_TEMPLATES,
+    digits_wordings,
+    shapes_wordings,
+    sprites_wordings,
+)
 from t2i_core.data.builtin import builtin_dataset
 from t2i_core.data.shapes import shapes_caption
 from t2i_core.text_encoder import TEXT_ENCODER_NAMES, text_encoder_by_name
@@ -54,7 +62,17 @@ def shapes_task(root: Path, n: int):
             shapes_wordings(ev.prompts(n)), ev.judge, len(SHAPE_TEMPLATES), 1)
 
 
-TASKS = {"digits": digits_task, "shapes": shapes_task}
+def sprites_task(root: Path, n: int):
+    dataset = builtin_dataset("sprites")
+    ev = evaluation("sprites", dataset.resolution)
+    return (dataset.write(root / "data" / f"sprites{dataset.resolution}"), sprites_wordings(ev.prompts(n)),
+            ev.judge, len(SPRITE_TEMPLATES), 1)
+
+
+TASKS = {"digits": digits_task, "shapes": shapes_task, "sprites": sprites_task}
+# what a dataset trains with apart from the default TrainConfig: the sprites' own size and preset (32 px, read in
+# 2x2-pixel cells: docs/QUALITY.md, "sprites")
+TRAINING = {"sprites": {"resolution": builtin_dataset("sprites").resolution, "preset": builtin_dataset("sprites").preset}}
 
 
 BASE_ATTRIBUTES = {"color": "red", "shape": "circle", "position": "left", "size": "large"}
@@ -97,7 +115,7 @@ def run(*, steps: int = 600, n: int = 200, w: float = 3.0, datasets=DATASETS, en
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     sampling = Sampling()
     rows, per_template, training, per_attribute = [], [], [], []
-    width = max(len(DIGIT_TEMPLATES), len(SHAPE_TEMPLATES))
+    width = max(len(DIGIT_TEMPLATES), len(SHAPE_TEMPLATES), len(SPRITE_TEMPLATES))
     for name in datasets:
         train_dir, wordings, judge, templates, block = TASKS[name](root, n)
         attribute_rows = []
@@ -108,10 +126,12 @@ def run(*, steps: int = 600, n: int = 200, w: float = 3.0, datasets=DATASETS, en
             if log:
                 log(f"{name} with {encoder_name}: training {steps} steps")
             trained = train_fresh(train_dir, root / name / f"{name}-{encoder_name}.safetensors", minutes=None,
-                                  steps=steps, log=log, text_encoder=text_encoder_by_name(encoder_name))
+                                  steps=steps, log=log, text_encoder=text_encoder_by_name(encoder_name),
+                                  **TRAINING.get(name, {}))
             training.append(training_line(f"{name}, {encoder_name}", trained))
-            seen, _ = generate(trained.model, canonical, seeds, w, sampling=sampling)
-            new, _ = generate(trained.model, heldout, seeds, w, sampling=sampling)
+            resolution = TRAINING.get(name, {}).get("resolution", RESOLUTION)
+            seen, _ = generate(trained.model, canonical, seeds, w, sampling=sampling, resolution=resolution)
+            new, _ = generate(trained.model, heldout, seeds, w, sampling=sampling, resolution=resolution)
             a, b = judge.matches(seen, canonical), judge.matches(new, canonical)
             scores_seen, scores_new = judge.judge(seen, canonical).scores, judge.judge(new, canonical).scores
             attribute_rows.append(f"| {encoder_name} | " + " | ".join(
@@ -141,7 +161,7 @@ def run(*, steps: int = 600, n: int = 200, w: float = 3.0, datasets=DATASETS, en
         "|---|---|---|---|---|",
         *rows,
         "",
-        "Held-out adherence by template (evals.wordings: DIGIT_TEMPLATES, SHAPE_TEMPLATES, in order):",
+        "Held-out adherence by template (evals.wordings: DIGIT_TEMPLATES, SHAPE_TEMPLATES, SPRITE_TEMPLATES, in order):",
         "",
         "| dataset | text encoder | " + " | ".join(f"t{i}" for i in range(width)) + " |",
         "|---|---|" + "---|" * width,

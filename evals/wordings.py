@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from t2i_core.data.digits import DIGIT_WORDS, digits_caption
 from t2i_core.data.shapes import SHAPES_VOCAB, parse_shapes_caption, shapes_caption
+from t2i_core.data.sprites import parse_sprites_caption
 
 # digits: numerals, other nouns and other word orders; {n} is the numeral, {w} the word
 DIGIT_TEMPLATES = (
@@ -57,6 +58,27 @@ def shapes_wording(caption: str, variant: int) -> str:
 def shapes_wordings(captions: list[str]) -> list[tuple[str, str]]:
     """(held-out prompt, canonical caption) for each training-style caption, variant i for caption i."""
     return [(shapes_wording(c, i), c) for i, c in enumerate(captions)]
+
+
+# sprites: the caption names an identity, which has no synonym, so the held-out wordings keep the name, the
+# colour and the types and change everything around them: other nouns, other orders, the type said as "type"
+SPRITE_TEMPLATES = (
+    "{name}, the {color} {types} pokemon",
+    "a pokemon called {name}, {types} type, mostly {color}",
+    "a picture of {name}, a creature of the {types} type, {color} in colour",
+    "{color} {name}, a {types} type monster",
+)
+
+
+def sprites_wordings(captions: list[str]) -> list[tuple[str, str]]:
+    """(held-out prompt, canonical caption) for each sprites caption, template i mod len(SPRITE_TEMPLATES) for
+    caption i."""
+    out = []
+    for i, caption in enumerate(captions):
+        a = parse_sprites_caption(caption)
+        template = SPRITE_TEMPLATES[i % len(SPRITE_TEMPLATES)]
+        out.append((template.format(name=a["name"], color=a["color"], types=" and ".join(a["types"])), caption))
+    return out
 
 
 def all_shapes_captions() -> list[str]:

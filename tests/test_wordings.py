@@ -50,3 +50,22 @@ def test_the_synonym_table_has_a_row_per_synonym_and_counts_the_ones_nearest_the
     assert f"tiny: {right} of {synonyms} synonyms lie nearest their own word" in table
     # every synonym was put into its caption: the random tower's states always change with a word
     assert all(float(row.split("|")[-2]) < 0.995 for row in rows)
+
+
+def test_sprite_wordings_keep_name_colour_and_types_in_templates_the_captions_never_use():
+    from evals.wordings import SPRITE_TEMPLATES, sprites_wordings
+    from t2i_core.data.sprites import parse_sprites_caption, sprites_caption
+    captions = [sprites_caption("orange", ("fire",), "charmander"),
+                sprites_caption("green", ("grass", "poison"), "bulbasaur")]
+    captions = [c for c in captions for _ in SPRITE_TEMPLATES]  # each caption in every template
+    pairs = sprites_wordings(captions)
+    assert len({prompt for prompt, _ in pairs}) == len(pairs)  # every template used, none twice
+    for prompt, caption in pairs:
+        a = parse_sprites_caption(caption)
+        assert prompt != caption and a["name"] in prompt and a["color"] in prompt
+        assert all(t in prompt for t in a["types"])
+        try:
+            parse_sprites_caption(prompt)
+        except ValueError:
+            continue
+        raise AssertionError(f"{prompt!r} reads as a training caption")
