@@ -70,9 +70,6 @@ def sprites_task(root: Path, n: int):
 
 
 TASKS = {"digits": digits_task, "shapes": shapes_task, "sprites": sprites_task}
-# what a dataset trains with apart from the default TrainConfig: the sprites' own size and preset (32 px, read in
-# 2x2-pixel cells: docs/QUALITY.md, "sprites")
-TRAINING = {"sprites": {"resolution": builtin_dataset("sprites").resolution, "preset": builtin_dataset("sprites").preset}}
 
 
 BASE_ATTRIBUTES = {"color": "red", "shape": "circle", "position": "left", "size": "large"}
@@ -125,11 +122,14 @@ def run(*, steps: int = 600, n: int = 200, w: float = 3.0, datasets=DATASETS, en
         for encoder_name in encoders:
             if log:
                 log(f"{name} with {encoder_name}: training {steps} steps")
+            # the dataset's own size and preset (for digits and shapes the defaults; the sprites train at 32 px in
+            # 2x2-pixel cells: docs/QUALITY.md, "sprites")
+            dataset = builtin_dataset(name)
+            resolution = dataset.resolution
             trained = train_fresh(train_dir, root / name / f"{name}-{encoder_name}.safetensors", minutes=None,
                                   steps=steps, log=log, text_encoder=text_encoder_by_name(encoder_name),
-                                  **TRAINING.get(name, {}))
+                                  resolution=resolution, preset=dataset.preset)
             training.append(training_line(f"{name}, {encoder_name}", trained))
-            resolution = TRAINING.get(name, {}).get("resolution", RESOLUTION)
             seen, _ = generate(trained.model, canonical, seeds, w, sampling=sampling, resolution=resolution)
             new, _ = generate(trained.model, heldout, seeds, w, sampling=sampling, resolution=resolution)
             a, b = judge.matches(seen, canonical), judge.matches(new, canonical)
@@ -183,8 +183,12 @@ def main(argv=None):
     p.add_argument("--out", type=Path, help="also write the markdown here")
     p.add_argument("--neighbours", action="store_true", help="only the synonym table (no training)")
     a = p.parse_args(argv)
-    text = synonym_neighbours(tuple(a.encoders.split(","))) + "\n" if a.neighbours else run(steps=a.steps, n=a.n, w=a.w, datasets=tuple(a.datasets.split(",")),
-               encoders=tuple(a.encoders.split(",")), root=a.root, log=lambda m: print(m, file=sys.stderr, flush=True))
+    encoders = tuple(a.encoders.split(","))
+    if a.neighbours:
+        text = synonym_neighbours(encoders) + "\n"
+    else:
+        text = run(steps=a.steps, n=a.n, w=a.w, datasets=tuple(a.datasets.split(",")), encoders=encoders,
+                   root=a.root, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(text)
     if a.out:
         a.out.write_text(text)

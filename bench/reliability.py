@@ -115,6 +115,8 @@ def run(quick: bool = False) -> Section:
 
 
 LARGE_PRESETS = ("micro", "tiny")
+# 1536 px: about the largest size the memory guard lets `tiny` sample on a 24 GB machine
+LARGE_SIZES = (256, 512, 1024, 1536)
 REAL_CHUNKS_PER_CALL = 3  # attention chunks computed for real in each call; the rest repeat the same work
 
 
@@ -162,7 +164,7 @@ def cancel_gaps_at_large_sizes(section: Section, quick: bool) -> None:
     for preset in LARGE_PRESETS[:1] if quick else LARGE_PRESETS:
         unet = build_unet(preset).eval()
         prepared = unet.prepare_context(both.context, both.key_mask)
-        for res in (256,) if quick else (256, 512, 1024):
+        for res in LARGE_SIZES[:1] if quick else LARGE_SIZES:
             state.update(chunk=0, skipped=0, in_attention=False)
             chunk_times.clear()
             marks.clear()
@@ -194,7 +196,7 @@ VAE_SIZES = (256, 512, 1024)
 def cancel_gaps_in_vae_decode(section: Section, quick: bool) -> None:
     """The longest time between two Cancel checks while a Stable Diffusion-sized VAE (the shipped SD 1.x config,
     random weights: the time does not depend on them) decodes one image as the Decode node does
-    (`decode_in_pieces`: in tiles above 64x64 latent positions), against the whole decode; at the largest size
+    (`decode_in_pieces`: in tiles when a side is longer than 64 latent positions), against the whole decode; at the largest size
     also the whole image in one call, for what tiling costs. The pack's VAECodec and a core VAE behind the
     Decode node check before the same blocks and convolutions."""
     from t2i_core import cancel

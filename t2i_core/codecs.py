@@ -87,22 +87,20 @@ DECODER_BLOCKS = ("ResnetBlock2D", "Attention", "Upsample2D", "Conv2d")
 # Latents of more positions than this (a 512 px image from an SD VAE) are decoded one image at a time, with a
 # Cancel check between images; smaller batches in one call, as before
 DECODE_ONE_BY_ONE_ABOVE_POSITIONS = 64 * 64
-# A VAE's latents of more positions than this are decoded in overlapping tiles of at most DECODE_TILE positions a side,
-# blended linearly over DECODE_TILE_OVERLAP: every operation inside then covers one tile, so the longest wait
-# for Cancel and the decoder's memory stay those of a 512 px decode at any size (a whole 1024 px decode has
-# single operations of seconds). Tiles see only their surroundings, so seams are blended, not exact; at and
-# below the threshold the decode is one call, as before (docs/RELIABILITY.md, "Limits").
-DECODE_TILED_ABOVE_POSITIONS = 64 * 64
+# A VAE's latent with a side longer than DECODE_TILE positions is decoded in overlapping tiles of at most that
+# side, blended linearly over DECODE_TILE_OVERLAP: every operation inside then covers one tile, so the longest
+# wait for Cancel and the decoder's memory stay those of a 512 px decode at any size (a whole 1024 px decode has
+# single operations of seconds). Tiles see only their surroundings, so seams are blended, not exact; a latent
+# that fits one tile is decoded in one call, as before (docs/RELIABILITY.md, "Limits").
 DECODE_TILE, DECODE_TILE_OVERLAP = 64, 16
 
 
 def decode_in_pieces(codec: Codec, latent: torch.Tensor) -> torch.Tensor:
     """codec.decode_raw(latent): one image at a time when they are large, each in tiles when larger still (a
     VAE's), checking Cancel between the pieces."""
-    positions = latent.shape[-2] * latent.shape[-1]
-    tiled = codec.factor > 1 and positions > DECODE_TILED_ABOVE_POSITIONS
+    tiled = codec.factor > 1 and max(latent.shape[-2:]) > DECODE_TILE
     decode = (lambda one: decode_in_tiles(codec, one, DECODE_TILE, DECODE_TILE_OVERLAP)) if tiled else codec.decode_raw
-    if latent.shape[0] == 1 or positions <= DECODE_ONE_BY_ONE_ABOVE_POSITIONS:
+    if latent.shape[0] == 1 or latent.shape[-2] * latent.shape[-1] <= DECODE_ONE_BY_ONE_ABOVE_POSITIONS:
         return decode(latent)
     images = []
     for i in range(latent.shape[0]):
@@ -120,13 +118,13 @@ def decode_in_tiles(codec: Codec, latent: torch.Tensor, tile: int = DECODE_TILE,
     f = codec.factor
     image = weight = None
     for top, tile_h in tile_spans(height, tile, overlap):
-        rows = overlap_ramp(top, tile_h, height, overlap * f, f)
+        rows = overlap_ramp(top, tile_h, height, overlap, f)
         for left, tile_w in tile_spans(width, tile, overlap):
             piece = codec.decode_raw(latent[:, :, top:top + tile_h, left:left + tile_w])
             if image is None:
                 image = piece.new_zeros(b, piece.shape[1], height * f, width * f)
                 weight = piece.new_zeros(height * f, width * f)
-            mask = (rows[:, None] * overlap_ramp(left, tile_w, width, overlap * f, f)[None, :]).to(piece)
+            mask = (rows[:, None] * overlap_ramp(left, tile_w, width, overlap, f)[None, :]).to(piece)
             where = (slice(top * f, (top + tile_h) * f), slice(left * f, (left + tile_w) * f))
             image[(..., *where)] += piece * mask
             weight[where] += mask
@@ -144,9 +142,11 @@ def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     return [(i * (size - length) // (n - 1), length) for i in range(n)]
 
 
-def overlap_ramp(start: int, length: int, size: int, ramp: int, factor: int) -> torch.Tensor:
-    """One axis of a decoded tile's blending weights: rising over `ramp` pixels where a tile before it overlaps,
-    falling where one after it does, 1 elsewhere (never 0, so every pixel has weight)."""
+def overlap_ramp(start: int, length: int, size: int, overlap: int, factor: int) -> torch.Tensor:
+    """One axis of a decoded tile's blending weights, in pixels (`factor` per latent position): rising across the
+    first `overlap` positions where a tile before it overlaps, falling across the last where one after it does,
+    1 elsewhere (never 0, so every pixel has weight)."""
+    ramp = overlap * factor
     weights = torch.ones(length * factor)
     steps = torch.arange(1, ramp + 1) / (ramp + 1)
     if start > 0:

@@ -128,7 +128,6 @@ def test_a_large_vae_latent_decodes_in_tiles_with_cancel_between_and_a_small_one
     codec = vae_from_config(TINY_VAE)
     latent = torch.randn(1, 4, 24, 24)
     assert torch.equal(codecs.decode_in_pieces(codec, latent), codec.decode_raw(latent))  # below: one call
-    monkeypatch.setattr(codecs, "DECODE_TILED_ABOVE_POSITIONS", 16 * 16)
     monkeypatch.setattr(codecs, "DECODE_TILE", 16)
     monkeypatch.setattr(codecs, "DECODE_TILE_OVERLAP", 4)
     checks = []

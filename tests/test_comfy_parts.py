@@ -124,7 +124,6 @@ def test_cancel_stops_a_core_vae_decode_inside_the_decoder_and_leaves_the_vae_un
 def test_a_large_latent_decodes_through_a_core_vae_in_tiles_with_cancel_between(parts, vae, monkeypatch):
     from t2i_core import cancel, codecs
     codec = parts.as_codec(vae)
-    monkeypatch.setattr(codecs, "DECODE_TILED_ABOVE_POSITIONS", 8 * 8)
     monkeypatch.setattr(codecs, "DECODE_TILE", 8)
     monkeypatch.setattr(codecs, "DECODE_TILE_OVERLAP", 2)
     latent = torch.randn(1, 4, 12, 12, generator=torch.Generator().manual_seed(3))
