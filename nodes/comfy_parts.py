@@ -16,6 +16,7 @@ import torch
 from ..t2i_core import Conditioning, EncodedText, cancel
 from ..t2i_core.codecs import CodecError, LatentScale
 from ..t2i_core.data.cache import TensorCache
+from ..t2i_core.pieces import convolutions_in_bands
 
 log = logging.getLogger("t2i_mini")
 
@@ -172,8 +173,9 @@ class ComfyVAECodec(LatentScale):
     @torch.no_grad()
     def decode_raw(self, latent: torch.Tensor) -> torch.Tensor:
         """What core VAE Decode gives for this LATENT, as (B, 3, H, W). Cancel is checked before each of the
-        decoder's blocks and convolutions while it runs."""
-        with cancel.checked_before(self.decoder_parts()):
+        decoder's blocks and convolutions, and between the bands of a large convolution, while it runs."""
+        parts = self.decoder_parts()
+        with cancel.checked_before(parts), convolutions_in_bands(parts):
             return self.vae.decode(latent).float().movedim(-1, 1).clamp(0, 1)
 
     def decoder_parts(self) -> list[torch.nn.Module]:

@@ -17,6 +17,7 @@ from .cancel import check_cancel, checked_before
 from .conditioning import Codec
 from .data.cache import module_digest
 from .files import state_dict_problems
+from .pieces import convolutions_in_bands
 
 
 class CodecError(RuntimeError):
@@ -90,7 +91,7 @@ DECODE_ONE_BY_ONE_ABOVE_POSITIONS = 64 * 64
 # A VAE's latent with a side longer than DECODE_TILE positions is decoded in overlapping tiles of at most that
 # side, blended linearly over DECODE_TILE_OVERLAP: every operation inside then covers one tile, so the longest
 # wait for Cancel and the decoder's memory stay those of a 512 px decode at any size (a whole 1024 px decode has
-# single operations of seconds). Tiles see only their surroundings, so seams are blended, not exact; a latent
+# single operations of seconds, the mid-block attention among them). Tiles see only their surroundings, so seams are blended, not exact; a latent
 # that fits one tile is decoded in one call, as before (docs/RELIABILITY.md, "Limits").
 DECODE_TILE, DECODE_TILE_OVERLAP = 64, 16
 
@@ -204,9 +205,10 @@ class VAECodec(LatentScale, nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        # Cancel is checked before each decoder block and convolution, so a large decode stops within one
-        # convolution instead of one whole image
-        with checked_before(m for m in self.vae.decoder.modules() if type(m).__name__ in DECODER_BLOCKS):
+        # Cancel is checked before each decoder block and convolution and between the bands of a large
+        # convolution, so a large decode stops within a fraction of a second instead of one whole image
+        with checked_before(m for m in self.vae.decoder.modules() if type(m).__name__ in DECODER_BLOCKS), \
+                convolutions_in_bands(self.vae.decoder.modules()):
             images = self.vae.decode(self.unscale(z).to(self.vae.dtype)).sample
         return ((images.float() + 1) / 2).clamp(0, 1)
 

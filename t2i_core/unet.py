@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .cancel import calling, check_cancel
 from .geometry import latent_shape
+from .pieces import conv2d_in_bands, output_size, rows_per_band
 
 
 @dataclass
@@ -342,54 +343,19 @@ class SpatialTransformer(nn.Module):
         return x + self.proj_out(tokens).transpose(1, 2).reshape(b, c, h, w)
 
 
-def group_norm_scale_shift(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`norm(x)` as x * scale + shift, both (B, C, 1, 1) in x's dtype, so that bands of x can be normalised one
-    at a time. The group statistics come from a sum and a norm in fp32, about 20x faster on a CPU than
-    torch.var_mean; the variance as E[x^2] - E[x]^2 loses a few digits only where a group's mean dwarfs its spread."""
-    b, c = x.shape[:2]
-    groups = x.reshape(b, norm.num_groups, -1)
-    n = groups.shape[-1]
-    mean = groups.sum(-1, dtype=torch.float32) / n
-    var = (torch.linalg.vector_norm(groups, dim=-1, dtype=torch.float32).square() / n - mean.square()).clamp_min(0)
-    per_channel = c // norm.num_groups
-    scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_channel, dim=1) * norm.weight.float()
-    shift = norm.bias.float() - mean.repeat_interleave(per_channel, dim=1) * scale
-    return scale.to(x.dtype)[:, :, None, None], shift.to(x.dtype)[:, :, None, None]
-
-
 class Conv2d(nn.Conv2d):
     """nn.Conv2d (the same parameters and state dict) that, over more than ROW_BY_ROW_ABOVE_POSITIONS input
     positions, computes its output in bands of rows of at most PIECE_MAX_MACS each, checking Cancel between
-    them. Each band reads the input rows its outputs need, zeros beyond the edges as the padding gives: the same
-    convolution, to float rounding.
+    them (t2i_core.pieces): the same convolution, to float rounding.
 
-    forward(x, norm) is the convolution of silu(norm(x)), a ResBlock's GroupNorm-SiLU-conv. In bands, each band
-    normalises just the rows it reads: the normalised map of a large image is never held whole, since allocating
-    it is itself a pause of a second or more at 1536 px (docs/RELIABILITY.md, "Cancel at any size")."""
+    forward(x, norm) is the convolution of silu(norm(x)), a ResBlock's GroupNorm-SiLU-conv: in bands, each band
+    normalises just the rows it reads, so the normalised map of a large image is never held whole."""
 
     def forward(self, x, norm: nn.GroupNorm | None = None):
-        b, _, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        row_macs = b * out_w * self.out_channels * (self.in_channels // self.groups) * kh * kw
-        band = max(1, PIECE_MAX_MACS // row_macs)
-        if h * w <= ROW_BY_ROW_ABOVE_POSITIONS or band >= out_h:
+        band = rows_per_band(self, x, PIECE_MAX_MACS)
+        if x.shape[-2] * x.shape[-1] <= ROW_BY_ROW_ABOVE_POSITIONS or band >= output_size(self, *x.shape[-2:])[0]:
             return super().forward(x if norm is None else F.silu(norm(x)))
-        scale_shift = None if norm is None else group_norm_scale_shift(norm, x)
-        out = None
-        for top in range(0, out_h, band):
-            bottom = min(out_h, top + band)
-            first, last = top * sh - ph, (bottom - 1) * sh - ph + kh  # input rows [first, last) incl. padding
-            rows = x[:, :, max(first, 0):min(last, h)]
-            if scale_shift is not None:
-                rows = F.silu(torch.addcmul(scale_shift[1], rows, scale_shift[0]))
-            rows = F.pad(rows, (0, 0, max(0, -first), max(0, last - h)))
-            y = F.conv2d(rows, self.weight, self.bias, (sh, sw), (0, pw), self.dilation, self.groups)
-            if out is None:
-                out = y.new_empty(b, y.shape[1], out_h, y.shape[3])
-            out[:, :, top:bottom] = y
-            check_cancel()
-        return out
+        return conv2d_in_bands(self, x, band, norm)
 
 
 class ResBlock(nn.Module):

@@ -4,11 +4,13 @@ rounding, memory bounded by CHUNK_MAX_SCORES per chunk, and the cancel hook call
 ROW_BY_ROW_ABOVE_POSITIONS the U-Net runs one conditioning row at a time, with the same output."""
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from t2i_test_utils import cancel_checks_per_forward, make_test_model
 
 from t2i_core import cancel
 from t2i_core import unet as unet_module
+from t2i_core.pieces import group_norm_scale_shift
 from t2i_core.unet import (
     CHUNK_ABOVE_QUERIES,
     CHUNK_MAX_SCORES,
@@ -181,7 +183,7 @@ def test_group_norm_as_scale_and_shift_equals_the_group_norm(dtype):
     torch.nn.init.normal_(norm.bias)
     x = (torch.randn(2, 64, 30, 20) * torch.rand(1, 64, 1, 1) * 3 + torch.randn(1, 64, 1, 1) * 4).to(dtype)
     with torch.no_grad():
-        scale, shift = unet_module.group_norm_scale_shift(norm, x)
+        scale, shift = group_norm_scale_shift(norm, x)
         assert scale.dtype == shift.dtype == dtype and scale.shape == shift.shape == (2, 64, 1, 1)
         expected = F.group_norm(x.float(), 32, norm.weight, norm.bias, norm.eps)
         tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=5e-2)
@@ -221,3 +223,24 @@ def test_the_unet_in_pieces_at_large_sizes_equals_the_whole_pass(monkeypatch):
     # the pieces normalise with group statistics summed another way than F.group_norm: rounding apart
     torch.testing.assert_close(in_pieces, row_by_row, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(in_pieces, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_convolutions_in_bands_compute_a_large_call_in_bands_and_leave_the_modules_as_they_were():
+    from t2i_core.pieces import convolutions_in_bands, rows_per_band
+    torch.manual_seed(0)
+    conv, strided = nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(4, 6, 3, stride=2, padding=1)
+    cast = nn.Conv2d(4, 6, 3, padding=1)
+    cast.comfy_cast_weights = True  # as ComfyUI's manual-cast ops: their own forward casts the weights
+    x = torch.randn(1, 4, 30, 17)
+    with torch.no_grad():
+        whole = {m: m(x) for m in (conv, strided, cast)}
+        max_macs = 5 * 17 * 6 * 4 * 9  # five output rows of `conv` a band
+        assert rows_per_band(conv, x, max_macs) == 5
+        checks = []
+        with cancel.calling(lambda: checks.append(1)), convolutions_in_bands([conv, strided, cast], max_macs):
+            banded = {m: m(x) for m in (conv, strided, cast)}
+            assert len(checks) == 6 + 2  # 30 rows in bands of 5; the strided 15 rows (9 wide) in bands of 9
+            assert conv(x[:, :, :4]).shape == (1, 6, 4, 17)  # a call that fits one band: its own forward
+    for m in (conv, strided, cast):
+        torch.testing.assert_close(banded[m], whole[m], rtol=1e-5, atol=1e-6)
+        assert "forward" not in m.__dict__  # the class's forward again

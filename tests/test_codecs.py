@@ -122,6 +122,24 @@ def test_tiles_cover_every_position_and_blend_back_to_the_whole_decode():
     assert codec.calls[:-1] == [(61, 57)] * 6 and len(checks) == 6  # 3 x 2 tiles of at most 64, overlapping by 16
 
 
+def test_a_vae_decode_runs_its_large_convolutions_in_bands_with_cancel_between(monkeypatch):
+    from t2i_core import pieces
+    torch.manual_seed(0)
+    codec = vae_from_config(TINY_VAE)
+    latent = torch.randn(1, 4, 12, 12)
+    checks = []
+    with cancel.calling(lambda: checks.append(1)):
+        whole = codec.decode_raw(latent)
+    unbanded = len(checks)
+    monkeypatch.setattr(pieces, "VAE_BAND_MAX_MACS", 1 << 16)  # every convolution of this small VAE in bands
+    checks.clear()
+    with cancel.calling(lambda: checks.append(1)):
+        banded = codec.decode_raw(latent)
+    assert len(checks) > 2 * unbanded
+    torch.testing.assert_close(banded, whole, rtol=1e-4, atol=1e-5)
+    assert not any("forward" in m.__dict__ for m in codec.vae.modules())  # its own forwards again
+
+
 def test_a_large_vae_latent_decodes_in_tiles_with_cancel_between_and_a_small_one_in_one_call(monkeypatch):
     from t2i_core import codecs
     torch.manual_seed(0)

@@ -113,12 +113,30 @@ def test_cancel_stops_a_core_vae_decode_inside_the_decoder_and_leaves_the_vae_un
     with cancel.calling(check), pytest.raises(Stop):
         codec.decode_raw(latent)
     assert len(calls) == 5  # stopped inside the decoder, at the fifth part
-    assert not any(m._forward_pre_hooks for m in vae.first_stage_model.modules())  # ComfyUI's VAE as it was
+    # ComfyUI's VAE as it was: no hooks left, every convolution's own forward again
+    assert not any(m._forward_pre_hooks or "forward" in m.__dict__ for m in vae.first_stage_model.modules())
     with cancel.calling(lambda: calls.append(1)):
         decoded = codec.decode_raw(latent)
     assert len(calls) == 5 + len(decoder_parts)
     [theirs] = core.VAEDecode().decode(vae, {"samples": latent})
     assert torch.equal(decoded, theirs.movedim(-1, 1))
+
+
+def test_a_core_vae_decode_runs_its_large_convolutions_in_bands_with_cancel_between(parts, core, vae, monkeypatch):
+    from t2i_core import cancel, pieces
+    codec = parts.as_codec(vae)
+    latent = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    [theirs] = core.VAEDecode().decode(vae, {"samples": latent})
+    calls = []
+    with cancel.calling(lambda: calls.append(1)):
+        codec.decode_raw(latent)
+    unbanded = len(calls)
+    monkeypatch.setattr(pieces, "VAE_BAND_MAX_MACS", 1 << 20)  # every convolution of this small VAE in bands
+    calls.clear()
+    with cancel.calling(lambda: calls.append(1)):
+        banded = codec.decode_raw(latent)
+    assert len(calls) > 2 * unbanded  # a check after each band too
+    torch.testing.assert_close(banded, theirs.movedim(-1, 1), rtol=1e-4, atol=1e-5)
 
 
 def test_a_large_latent_decodes_through_a_core_vae_in_tiles_with_cancel_between(parts, vae, monkeypatch):
