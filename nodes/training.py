@@ -120,8 +120,9 @@ class Train(Node):
                                tooltip=f"AdamW learning rate (after a {TrainConfig.warmup_steps}-step warmup)."),
                 io.Combo.Input("lr_schedule", options=list(LR_SCHEDULES), default="constant", optional=True,
                                tooltip="constant: the learning rate stays put after the warmup (a run you may "
-                                       "extend later). cosine: it falls to 0 at `steps`, which gives a better model "
-                                       "when the step count is fixed in advance."),
+                                       "extend later). cosine: it falls to 0 at `steps`, or at the end of "
+                                       "max_minutes if that comes first, which gives a better model when the run's "
+                                       "length is fixed in advance."),
                 io.Float.Input("min_snr_gamma", default=TrainConfig.min_snr_gamma, min=0.0, max=100.0, step=0.5,
                                optional=True,
                                tooltip="Min-SNR-gamma loss weighting (5 is the usual value); 0: the plain v loss. "

@@ -119,13 +119,14 @@ class Distributed:
         dist.all_reduce(t)
         return float(t[0]) / self.world_size
 
-    def decide(self, *flags: bool) -> tuple[bool, ...]:
-        """Rank 0's `flags`, on every rank: one decision (stop, out of time) that all ranks follow."""
+    def agree(self, *values: float) -> tuple[float, ...]:
+        """Rank 0's `values`, on every rank, in one broadcast: the decisions (stop, the time spent) that all ranks
+        follow."""
         if not self.active:
-            return tuple(bool(f) for f in flags)
-        t = self._tensor([float(bool(f)) for f in flags])
+            return tuple(float(v) for v in values)
+        t = self._tensor([float(v) for v in values])
         dist.broadcast(t, src=0)
-        return tuple(bool(v) for v in t.tolist())
+        return tuple(t.tolist())
 
     def all_gather_objects(self, obj) -> list:
         if not self.active:

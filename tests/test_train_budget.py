@@ -51,6 +51,23 @@ def test_budget_stops_saves_and_reports(shapes, encoder, tmp_path, monkeypatch):
     assert 55 <= saved.training["train_seconds"] <= 75
 
 
+def test_a_cosine_schedule_ends_its_decay_at_the_time_budget_when_that_comes_first(shapes, encoder, tmp_path,
+                                                                                    monkeypatch):
+    import math
+    # 10 s a step against a 60 s budget: five steps, the budget 1/6 .. 5/6 spent at their starts
+    monkeypatch.setattr(train_module, "time", FakeClock(10.0))
+    result = train(config(shapes, tmp_path, max_minutes=1.0, lr_schedule="cosine"), encoder, device="cpu")
+    assert result.out_of_time and result.step == 5
+    cosine = [0.5 * (1 + math.cos(math.pi * spent / 6)) for spent in (3, 4, 5)]  # by time: steps alone say ~1
+    expected = [2e-3 * f for f in (0.5, 1.0, *cosine)]  # two warm-up steps first
+    assert [h["lr"] for h in result.history] == pytest.approx(expected)
+    # without a budget the same steps follow the step count alone
+    monkeypatch.setattr(train_module, "time", FakeClock(10.0))
+    unbudgeted = train(config(shapes, tmp_path / "b", steps=5, lr_schedule="cosine"), encoder, device="cpu")
+    assert [h["lr"] for h in unbudgeted.history] == pytest.approx(
+        [2e-3 * f for f in (0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 3)), 0.5 * (1 + math.cos(2 * math.pi / 3)))])
+
+
 def test_no_budget_and_cancel_are_not_out_of_time(shapes, encoder, tmp_path):
     whole = train(config(shapes, tmp_path / "a", steps=3), encoder, device="cpu")
     assert not whole.stopped and not whole.out_of_time and whole.step == 3

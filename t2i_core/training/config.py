@@ -12,7 +12,7 @@ import torch
 from ..pipeline import T2IModel
 from ..unet import PRESETS
 
-LR_SCHEDULES = ("constant", "cosine")  # after the linear warmup: stay, or fall to 0 at `steps` (lr_factor)
+LR_SCHEDULES = ("constant", "cosine")  # after the linear warmup: stay, or fall to 0 at `steps` or the time budget (lr_factor)
 
 
 @dataclass
@@ -117,10 +117,13 @@ class TrainResult:
     out_of_time: bool = False  # stopped because config.max_minutes of training time were spent
 
 
-def lr_factor(cfg: TrainConfig, step: int) -> float:
+def lr_factor(cfg: TrainConfig, step: int, budget_spent: float = 0.0) -> float:
+    """The learning rate's multiplier at `step`. budget_spent: the fraction of max_minutes spent so far. The
+    cosine falls to 0 at `steps` or at the end of the time budget, whichever comes first, so a run that the budget
+    stops on a slower CPU still ends its decay (stopped halfway, the weights are those of a high learning rate)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "cosine":
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        progress = max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), budget_spent)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return 1.0

@@ -218,10 +218,11 @@ class Trainer:
             per_sample = per_sample * min_snr_weight(self.schedule, t, self.cfg.min_snr_gamma).to(per_sample)
         return per_sample.mean()
 
-    def train_step(self) -> float:
+    def train_step(self, budget_spent: float = 0.0) -> float:
+        """One optimizer step; budget_spent: the fraction of the time budget spent (lr_factor)."""
         cfg = self.cfg
         for group in self.opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg, self.step)
+            group["lr"] = cfg.lr * lr_factor(cfg, self.step, budget_spent)
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(cfg.grad_accum):
@@ -361,8 +362,10 @@ class Trainer:
             while self.step < cfg.steps:
                 cancel = self.cb.should_stop is not None and self.cb.should_stop()
                 # the budget counts all training time of this checkpoint, resumed runs included
-                spent = bool(cfg.max_minutes) and self.elapsed_s + time.perf_counter() - t0 >= cfg.max_minutes * 60
-                cancel, spent = self.dist.decide(cancel, spent)  # rank 0's clock and cancel decide for all ranks
+                budget_spent = (self.elapsed_s + time.perf_counter() - t0) / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0
+                # rank 0's clock and cancel decide for all ranks, and its clock sets the learning rate of all
+                cancel, budget_spent = self.dist.agree(float(bool(cancel)), budget_spent)
+                cancel, spent = bool(cancel), budget_spent >= 1.0
                 if cancel:
                     stopped = True
                     break
@@ -370,7 +373,7 @@ class Trainer:
                     stopped = out_of_time = True
                     self.log(f"time budget of {cfg.max_minutes:g} min reached at step {self.step}")
                     break
-                loss = self.train_step()
+                loss = self.train_step(budget_spent)
                 lr = self.opt.param_groups[0]["lr"]
                 self.history.append({"step": self.step, "loss": round(loss, 6), "lr": lr})
                 if self.cb.on_progress is not None or self.board is not None:
