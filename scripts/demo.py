@@ -1,6 +1,6 @@
 """The main job, headless: train a tiny model through a real ComfyUI's /prompt, then generate with it.
 
-    make demo            (or: .venv/bin/python -m scripts.demo [--out DIR] [--steps N])
+    make demo            (or: .venv/bin/python -m scripts.demo [--out DIR] [--steps N] [--max-minutes M])
 
 1. starts ComfyUI (from .cache/comfyui) with this pack linked, in a persistent home (.cache/demo-home),
    so the trained model is kept between runs;
@@ -183,6 +183,8 @@ def main():
     p.add_argument("--out", default=str(REPO / "out" / "demo"), help="folder for the images")
     p.add_argument("--home", default=str(REPO / ".cache" / "demo-home"), help="ComfyUI base directory (kept)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the workflow's)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="training-time budget in minutes (default: the workflow's)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,6 +193,8 @@ def main():
     train = load_workflow("train_from_dataset")
     if args.steps is not None:
         train["4"]["inputs"]["steps"] = args.steps
+    if args.max_minutes is not None:
+        train["4"]["inputs"]["max_minutes"] = args.max_minutes
     sweep = load_workflow("guidance_sweep")
     with ComfyServer(Path(args.home)) as server:
         print(f"[demo] ComfyUI up at {server.url} in {server.startup_seconds:.1f} s (log: {server.log_path})")

@@ -44,8 +44,10 @@ NOTES = {
         "`input/t2i_shapes/`.\n2. **Train from Dataset** trains the micro U-Net (1.2M parameters) with the pretrained "
         "MiniLM text encoder (frozen, from a pip package, no download) and saves "
         "`models/t2i_mini/shapes.safetensors` (resumable: Cancel keeps a checkpoint, and queueing again continues it).\n3. The trained model samples a grid: one row per prompt, one column per "
-        "seed.\n\nTraining runs 650 steps (batch 32, cosine learning rate), about 3 minutes on a 2-core CPU without "
-        "bf16; max_minutes stops it at 3 minutes on a slower one. Validation images appear on the training node as it runs."),
+        "seed.\n\nTraining runs for 3 minutes (max_minutes) or 2,000 steps, whichever ends first (batch 32): about "
+        "2,000 steps on a fast 2-core CPU, 1,000 on one without AVX-512. The cosine learning rate falls to 0 at "
+        "whichever end comes first, so the model is finished either way. Validation images appear on the training "
+        "node as it runs."),
     "guidance_sweep": (
         "## Guidance sweep\n\nThe same noise sampled at guidance scales 1, 3 and 7.5 (one row each): higher "
         "scales follow the prompt more closely and vary less.\n\nNeeds `shapes.safetensors` from the "
