@@ -93,9 +93,9 @@ def convolutions_in_bands(modules: Iterable[nn.Module], max_macs: int | None = N
         if not isinstance(module, nn.Conv2d) or "forward" in module.__dict__:
             continue
 
-        def forward(x, *args, conv=module, own=module.forward):
-            if args or not bands_apply(conv, x):
-                return own(x, *args)
+        def forward(x, *args, conv=module, own=module.forward, **kwargs):
+            if args or kwargs or not bands_apply(conv, x):
+                return own(x, *args, **kwargs)
             band = rows_per_band(conv, x, max_macs)
             if band >= output_size(conv, x.shape[-2], x.shape[-1])[0]:
                 return own(x)

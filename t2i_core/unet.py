@@ -352,10 +352,11 @@ class Conv2d(nn.Conv2d):
     normalises just the rows it reads, so the normalised map of a large image is never held whole."""
 
     def forward(self, x, norm: nn.GroupNorm | None = None):
-        band = rows_per_band(self, x, PIECE_MAX_MACS)
-        if x.shape[-2] * x.shape[-1] <= ROW_BY_ROW_ABOVE_POSITIONS or band >= output_size(self, *x.shape[-2:])[0]:
-            return super().forward(x if norm is None else F.silu(norm(x)))
-        return conv2d_in_bands(self, x, band, norm)
+        if x.shape[-2] * x.shape[-1] > ROW_BY_ROW_ABOVE_POSITIONS:
+            band = rows_per_band(self, x, PIECE_MAX_MACS)
+            if band < output_size(self, *x.shape[-2:])[0]:
+                return conv2d_in_bands(self, x, band, norm)
+        return super().forward(x if norm is None else F.silu(norm(x)))
 
 
 class ResBlock(nn.Module):
