@@ -91,8 +91,9 @@ DECODE_ONE_BY_ONE_ABOVE_POSITIONS = 64 * 64
 # A VAE's latent with a side longer than DECODE_TILE positions is decoded in overlapping tiles of at most that
 # side, blended linearly over DECODE_TILE_OVERLAP: every operation inside then covers one tile, so the longest
 # wait for Cancel and the decoder's memory stay those of a 512 px decode at any size (a whole 1024 px decode has
-# single operations of seconds, the mid-block attention among them). Tiles see only their surroundings, so seams are blended, not exact; a latent
-# that fits one tile is decoded in one call, as before (docs/RELIABILITY.md, "Limits").
+# single operations of seconds, the mid-block attention among them). Tiles see only their surroundings, so
+# seams are blended, not exact; a latent that fits one tile is decoded in one call, as before
+# (docs/RELIABILITY.md, "Limits").
 DECODE_TILE, DECODE_TILE_OVERLAP = 64, 16
 
 

@@ -38,8 +38,9 @@ def rows_per_band(conv: nn.Conv2d, x: torch.Tensor, max_macs: int) -> int:
 
 def group_norm_scale_shift(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`norm(x)` as x * scale + shift, both (B, C, 1, 1) in x's dtype, so that bands of x can be normalised one
-    at a time. The group statistics come from a sum and a norm in fp32, about 10x faster on a CPU than
-    torch.var_mean; the variance as E[x^2] - E[x]^2 loses a few digits only where a group's mean dwarfs its spread."""
+    at a time. The group statistics come from a sum and a norm in fp32, far faster on a CPU than torch.var_mean
+    (docs/RELIABILITY.md, "GroupNorm and SiLU inside the convolution's bands"); the variance as
+    E[x^2] - E[x]^2 loses a few digits only where a group's mean dwarfs its spread."""
     b, c = x.shape[:2]
     groups = x.reshape(b, norm.num_groups, -1)
     n = groups.shape[-1]
@@ -54,7 +55,7 @@ def group_norm_scale_shift(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.T
 def conv2d_in_bands(conv: nn.Conv2d, x: torch.Tensor, band: int, norm: nn.GroupNorm | None = None) -> torch.Tensor:
     """conv(x), or conv(silu(norm(x))) with `norm`, computed `band` output rows at a time with a Cancel check
     after each. With `norm` each band normalises only the rows it reads, so the normalised map of a large image
-    is never held whole (allocating it is itself a pause of a second at 1536 px)."""
+    is never held whole (allocating a map that large is itself a long pause without a check)."""
     b, _, h, w = x.shape
     (kh, _), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     out_h, out_w = output_size(conv, h, w)

@@ -12,7 +12,8 @@ import torch
 from ..pipeline import T2IModel
 from ..unet import PRESETS
 
-LR_SCHEDULES = ("constant", "cosine")  # after the linear warmup: stay, or fall to 0 at `steps` or the time budget (lr_factor)
+# after the linear warmup: stay, or fall to 0 at `steps` or at the end of the time budget (lr_factor)
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass

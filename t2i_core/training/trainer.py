@@ -362,7 +362,8 @@ class Trainer:
             while self.step < cfg.steps:
                 cancel = self.cb.should_stop is not None and self.cb.should_stop()
                 # the budget counts all training time of this checkpoint, resumed runs included
-                budget_spent = (self.elapsed_s + time.perf_counter() - t0) / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0
+                budget_spent = ((self.elapsed_s + time.perf_counter() - t0) / (cfg.max_minutes * 60)
+                                if cfg.max_minutes else 0.0)
                 # rank 0's clock and cancel decide for all ranks, and its clock sets the learning rate of all
                 cancel, budget_spent = self.dist.agree(float(bool(cancel)), budget_spent)
                 cancel, spent = bool(cancel), budget_spent >= 1.0
