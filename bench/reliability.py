@@ -196,28 +196,38 @@ VAE_SIZES = (256, 512, 1024)
 def cancel_gaps_in_vae_decode(section: Section, quick: bool) -> None:
     """The longest time between two Cancel checks while a Stable Diffusion-sized VAE (the shipped SD 1.x config,
     random weights: the time does not depend on them) decodes one image as the Decode node does
-    (`decode_in_pieces`: in tiles when a side is longer than 64 latent positions), against the whole decode; at the largest size
-    also the whole image in one call, for what tiling costs. The pack's VAECodec and a core VAE behind the
-    Decode node check before the same blocks and convolutions."""
-    from t2i_core import cancel
+    (`decode_in_pieces`: in tiles when a side is longer than 64 latent positions, large convolutions in bands),
+    against the whole decode; at 512 px also with every convolution in one call, for what the bands buy, and at
+    the largest size the whole image in one call, for what tiling costs. The pack's VAECodec and a core VAE
+    behind the Decode node check before the same blocks and convolutions."""
+    from t2i_core import cancel, pieces
     from t2i_core.codecs import VAE_CONFIGS, decode_in_pieces, vae_from_config
     codec = vae_from_config(json.loads((VAE_CONFIGS / "sd15.json").read_text()))
     table = Table("Cancel in a VAE decode: the longest gap between two checks, one image, SD 1.x-sized VAE, fp32",
                   ["size", "latent", "decoded as", "decode s", "checks", "longest gap s"])
-    runs = [(res, "Decode node", decode_in_pieces) for res in (VAE_SIZES[:1] if quick else VAE_SIZES)]
+    whole_convolutions = 1 << 62  # a band budget no convolution exceeds: each runs in one call
+    runs = [(res, "Decode node", decode_in_pieces, None) for res in (VAE_SIZES[:1] if quick else VAE_SIZES)]
     if not quick:
-        runs.append((VAE_SIZES[-1], "one call, untiled", lambda c, z: c.decode_raw(z)))
-    for res, how, decode in runs:
+        runs += [(512, "Decode node, each convolution in one call (before the bands)", decode_in_pieces,
+                  whole_convolutions),
+                 (VAE_SIZES[-1], "one call, untiled", lambda c, z: c.decode_raw(z), None)]
+    for res, how, decode, band_macs in runs:
         marks: list[float] = []
         latent = torch.randn(1, 4, res // 8, res // 8)
-        with cancel.calling(lambda marks=marks: marks.append(time.perf_counter())):
-            start = time.perf_counter()
-            decode(codec, latent)
-            end = time.perf_counter()
+        saved = pieces.VAE_BAND_MAX_MACS
+        pieces.VAE_BAND_MAX_MACS = band_macs or saved
+        try:
+            with cancel.calling(lambda marks=marks: marks.append(time.perf_counter())):
+                start = time.perf_counter()
+                decode(codec, latent)
+                end = time.perf_counter()
+        finally:
+            pieces.VAE_BAND_MAX_MACS = saved
         times = [start, *marks, end]
         longest = max(b - a for a, b in zip(times, times[1:]))
         table.add(f"{res}x{res}", f"4x{res // 8}x{res // 8}", how, end - start, len(marks), longest)
-        section.summary[f"reliability_vae_gap_{res}" + ("" if decode is decode_in_pieces else "_untiled")] = longest
+        key = "" if decode is decode_in_pieces else "_untiled"
+        section.summary[f"reliability_vae_gap_{res}{key}{'_whole_convolutions' if band_macs else ''}"] = longest
     section.tables.append(table)
 
 

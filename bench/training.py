@@ -175,6 +175,7 @@ def run(quick: bool = False) -> Section:
 
     if not quick:
         section.tables.append(small_image_levers(repeats))
+        section.tables.append(unet_shapes_at_16_px(repeats))
 
     section.notes += [
         f"Both models see the same inputs; the text context is {TEXT_WIDTH} wide (the tiny text encoder's states).",
@@ -206,6 +207,27 @@ def small_image_levers(repeats: int) -> Table:
     for name, (batch, _) in variants.items():
         tm = times[name].median
         table.add(name, tm * 1e3, batch / tm, batch / tm / base)
+    return table
+
+
+# `micro` and cheaper shapes of it: faster steps, which learned less per step on the shapes (docs/QUALITY.md,
+# "The whole budget"), so the demo keeps `micro`
+MICRO_SHAPES = {"micro (levels 16, 8, 4; attention at 8 and 4)": {},
+                "attention at 4x4 only": {"attention_levels": (2,)},
+                "two levels (16, 8), attention at 8": {"channel_mult": (1, 2), "attention_levels": (1,)}}
+
+
+def unet_shapes_at_16_px(repeats: int) -> Table:
+    """The demo's training step (`micro`, batch 32, 16 px, fp32, captions + key mask) against U-Nets of other
+    shapes: fewer attention levels, fewer levels."""
+    data = training_batch(32, res=16, masked=True)
+    times = interleaved({name: make_train_step(build_unet("micro", **shape), data, "fp32")
+                         for name, shape in MICRO_SHAPES.items()}, repeats=repeats, warmup=2)
+    table = Table(f"U-Net shapes at 16 px, batch 32, fp32, median of {repeats} steps (interleaved)",
+                  ["U-Net", "ms / step", "vs micro"])
+    base = times[next(iter(MICRO_SHAPES))].median
+    for name, tm in times.items():
+        table.add(name, tm.median * 1e3, base / tm.median)
     return table
 
 

@@ -1,11 +1,12 @@
 """Convolutions in bands of output rows, with a Cancel check after each band.
 
-One convolution over a large map is one kernel call of seconds that Cancel cannot stop (a 512 px SD VAE decode
-has two of 155 G multiply-adds each). Computed in bands of output rows, each band reading the input rows it
+One convolution over a large map is one long kernel call that Cancel cannot stop (a 512 px SD VAE decode has
+two of 155 G multiply-adds each). Computed in bands of output rows, each band reading the input rows it
 needs and zeros beyond the edges as zero padding gives, it is the same convolution to float rounding, and the
 caller's check runs between bands. The U-Net's convolutions use it above a size (`t2i_core.unet.Conv2d`); a VAE
 decode, the pack's or a core one, switches it on for its decoder's convolutions for the duration of the call
-(`convolutions_in_bands`). Measurements: docs/RELIABILITY.md, "Cancel at any size".
+(`convolutions_in_bands`). Measurements: docs/RELIABILITY.md, "GroupNorm and SiLU inside the convolution's
+bands" and "Limits".
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ import torch.nn.functional as F
 
 from .cancel import check_cancel
 
-# The work of one band in a VAE decode's convolutions: about 8.6 GFLOP, well under a second on a 2-core CPU
-# without AVX-512, and wide enough bands (7 rows of a 512-channel 256 px map) to keep the kernel efficient.
+# The work of one band in a VAE decode's convolutions (2^32 multiply-adds, 7 rows of a 512-channel 256 px map):
+# short enough for Cancel, wide enough that the bands cost the decode nothing measurable (docs/RELIABILITY.md,
+# "Limits").
 VAE_BAND_MAX_MACS = 1 << 32
 
 

@@ -166,9 +166,9 @@ CHUNK_MAX_SCORES = 1 << 27
 # conditioning row at a time, so the longest single operation (a level-0 convolution, a feed-forward) covers one
 # row, not a whole CFG batch (docs/RELIABILITY.md, "Cancel at any size"). Below it, one batched pass.
 ROW_BY_ROW_ABOVE_POSITIONS = 1 << 16
-# At those sizes a single convolution over the first level, or a feed-forward over an attention level, still
-# takes seconds on a CPU at 1024 px and grows with the image; each runs in pieces of at most this much work
-# (multiply-adds; about 2 GFLOP, tens of milliseconds), checking Cancel between them (docs/RELIABILITY.md,
+# At those sizes a single convolution over the first level, or a feed-forward over an attention level, is still
+# one long call that grows with the image; each runs in pieces of at most this much work (multiply-adds, about
+# 2 GFLOP), checking Cancel between them (docs/RELIABILITY.md,
 # "Cancel at any size"). Below ROW_BY_ROW_ABOVE_POSITIONS, and for the feed-forward below CHUNK_ABOVE_QUERIES,
 # one call as before.
 PIECE_MAX_MACS = 1 << 30
