@@ -12,7 +12,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from t2i_core.devices import autocast, bf16_supported
+from t2i_core.devices import (
+    GLIBC_DEFAULT_THRESHOLD,
+    TRAINING_MMAP_THRESHOLD,
+    TRAINING_TRIM_THRESHOLD,
+    autocast,
+    bf16_supported,
+    release_freed_memory,
+    set_heap_thresholds,
+)
+from t2i_core.training.optim import MuonAdamW
 from t2i_core.unet import TextConditionedUNet
 
 from .common import (
@@ -83,11 +92,16 @@ def training_batch(batch: int = BATCH, res: int = RES, channels: int = 3, masked
     return x, t, context, (cond.key_mask.clone() if masked else None), target
 
 
-def make_train_step(model: torch.nn.Module, data, precision: str = "fp32", device="cpu", fused_adamw: bool = False):
-    """fn() running one optimizer step of `model` on `data` (forward, MSE, backward, AdamW)."""
+def make_train_step(model: torch.nn.Module, data, precision: str = "fp32", device="cpu", fused_adamw: bool = False,
+                    optimizer: str | None = None):
+    """fn() running one optimizer step of `model` on `data` (forward, MSE, backward, optimizer step): torch's AdamW,
+    or with `optimizer` the trainer's (t2i_core.training.optim: "muon" or "adamw")."""
     x, t, context, key_mask, target = (None if d is None else d.to(device) for d in data)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **({"fused": True} if fused_adamw else {}))
+    if optimizer is None:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **({"fused": True} if fused_adamw else {}))
+    else:
+        opt = MuonAdamW(model.named_parameters(), 1e-5, optimizer)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -174,6 +188,7 @@ def run(quick: bool = False) -> Section:
         section.tables.append(lt)
 
     if not quick:
+        section.tables.append(steps_then_and_now(repeats))
         section.tables.append(small_image_levers(repeats))
         section.tables.append(unet_shapes_at_16_px(repeats))
 
@@ -207,6 +222,44 @@ def small_image_levers(repeats: int) -> Table:
     for name, (batch, _) in variants.items():
         tm = times[name].median
         table.add(name, tm * 1e3, batch / tm, batch / tm / base)
+    return table
+
+
+def in_heap(step, kept: bool, steps: int = 3):
+    """fn() running `steps` steps with glibc's heap as the trainer keeps it (freed memory stays for the next step)
+    or as glibc's defaults do (a freed block of 128 KB or more goes back to the system); the first step after a
+    switch pays for it, which counts against the kept heap. Elsewhere than glibc both are the same."""
+    def run():
+        if kept:
+            set_heap_thresholds(TRAINING_MMAP_THRESHOLD, TRAINING_TRIM_THRESHOLD)
+        else:
+            set_heap_thresholds(GLIBC_DEFAULT_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+            release_freed_memory()
+        for _ in range(steps):
+            step()
+    return run
+
+
+def steps_then_and_now(repeats: int) -> Table:
+    """Training steps of `micro` (batch 32) and `tiny` (batch 64) at 16 px, fp32, captions + key mask: as the
+    trainer ran them before (torch's AdamW, glibc's heap defaults) against now (Muon and AdamW in one optimizer,
+    the heap kept), and each change alone."""
+    rows = {"before: torch's AdamW, glibc's heap defaults": (None, False),
+            "the heap kept (devices.reusing_freed_memory)": (None, True),
+            "AdamW as the trainer runs it (optimizer=adamw), heap kept": ("adamw", True),
+            "now: Muon + AdamW (optimizer=muon), heap kept": ("muon", True)}
+    table = Table(f"The training step before and now, 16 px, fp32, median of {repeats} calls of 3 steps (interleaved)",
+                  ["preset", "batch", "variant", "ms / step", "images / s", "vs before"])
+    for preset, batch in (("micro", 32), ("tiny", 64)):
+        data = training_batch(batch, res=16, masked=True)
+        variants = {name: in_heap(make_train_step(build_unet(preset), data, "fp32", optimizer=optimizer), kept)
+                    for name, (optimizer, kept) in rows.items()}
+        times = interleaved(variants, repeats=repeats, warmup=1)
+        base = times[next(iter(rows))].median
+        for name, tm in times.items():
+            table.add(preset, batch, name, tm.median / 3 * 1e3, 3 * batch / tm.median, base / tm.median)
+    set_heap_thresholds(GLIBC_DEFAULT_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+    release_freed_memory()
     return table
 
 

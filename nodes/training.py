@@ -26,6 +26,7 @@ from ..t2i_core.devices import PRECISIONS
 from ..t2i_core.plot import loss_curve_image
 from ..t2i_core.training.config import LR_SCHEDULES, Progress, TrainCallbacks, TrainConfig
 from ..t2i_core.training.launch import LaunchResult
+from ..t2i_core.training.optim import OPTIMIZERS
 from ..t2i_core.training.state import TrainingError, TrainingLock
 from ..t2i_core.training.tensorboard import TENSORBOARD_INSTALL
 from ..t2i_core.training.trainer import train
@@ -117,12 +118,18 @@ class Train(Node):
                                        "it the model is saved and returned as it is. 0: no budget."),
                 io.Int.Input("batch_size", default=64, min=1, max=4096, tooltip="Images per step (with processes > 1: all processes together, a multiple of processes)."),
                 io.Float.Input("learning_rate", default=0.001, min=0.0000001, max=1.0, step=0.00001,
-                               tooltip=f"AdamW learning rate (after a {TrainConfig.warmup_steps}-step warmup)."),
+                               tooltip=f"AdamW's learning rate (after a {TrainConfig.warmup_steps}-step warmup); "
+                                       "Muon's is 10x this."),
                 io.Combo.Input("lr_schedule", options=list(LR_SCHEDULES), default="constant", optional=True,
                                tooltip="constant: the learning rate stays put after the warmup (a run you may "
                                        "extend later). cosine: it falls to 0 at `steps`, or at the end of "
                                        "max_minutes if that comes first, which gives a better model when the run's "
                                        "length is fixed in advance."),
+                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default=TrainConfig.optimizer, optional=True,
+                               tooltip="muon: Muon for the U-Net's hidden weight matrices (each step along the "
+                                       "orthogonalised momentum, at 10x learning_rate) and AdamW for the rest; it "
+                                       "learned the demo's shapes in half AdamW's steps at about the same cost per "
+                                       "step (docs/QUALITY.md, \"Muon\"). adamw: AdamW for every parameter."),
                 io.Float.Input("min_snr_gamma", default=TrainConfig.min_snr_gamma, min=0.0, max=100.0, step=0.5,
                                optional=True,
                                tooltip="Min-SNR-gamma loss weighting (5 is the usual value); 0: the plain v loss. "
@@ -224,7 +231,7 @@ class Train(Node):
                 cfg_dropout, resolution, seed, checkpoint_name, resume, validation_prompts, validation_every,
                 checkpoint_every, precision, compile=False, allow_large_sizes=False, processes=1, devices="",
                 lr_schedule="constant", min_snr_gamma=TrainConfig.min_snr_gamma, run_in_background=False, log_dir="",
-                dataset_path=None) -> io.NodeOutput:
+                dataset_path=None, optimizer=TrainConfig.optimizer) -> io.NodeOutput:
         folder = paths.dataset_folder(dataset, dataset_path)
         output = paths.checkpoint_output_path(checkpoint_name)
         config = TrainConfig(
@@ -233,7 +240,7 @@ class Train(Node):
             resume=resume,
             validation_prompts=[p.strip() for p in validation_prompts.splitlines() if p.strip()],
             validation_every=validation_every, checkpoint_every=checkpoint_every, precision=precision,
-            compile=compile, allow_large_sizes=allow_large_sizes, lr_schedule=lr_schedule,
+            compile=compile, allow_large_sizes=allow_large_sizes, lr_schedule=lr_schedule, optimizer=optimizer,
             min_snr_gamma=min_snr_gamma, log_dir=str(paths.log_folder(log_dir)) if log_dir.strip() else None)
 
         # a core CLIP or VAE is recorded in the checkpoint by the loader node and file it came from

@@ -39,15 +39,16 @@ def test_loss_falls_and_checkpoint_generates(shapes, encoder, tmp_path):
     assert images.shape == (2, 3, 16, 16)
 
 
-def test_resume_equals_uninterrupted_run(shapes, encoder, tmp_path):
-    whole = train(config(shapes, tmp_path / "a", steps=10), encoder, device="cpu")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_equals_uninterrupted_run(shapes, encoder, tmp_path, optimizer):
+    whole = train(config(shapes, tmp_path / "a", steps=10, optimizer=optimizer), encoder, device="cpu")
     # stop at step 4 the way a user's cancel does, then resume to step 10 in a fresh trainer
-    first = train(config(shapes, tmp_path / "b", steps=10), encoder, device="cpu",
+    first = train(config(shapes, tmp_path / "b", steps=10, optimizer=optimizer), encoder, device="cpu",
                   callbacks=TrainCallbacks(should_stop=lambda: len(progress) >= 4,
                                            on_progress=lambda p: progress.append(p.step)))
     assert first.stopped and first.step == 4
     assert load_checkpoint(first.checkpoint).training["step"] == 4
-    resumed = train(config(shapes, tmp_path / "b", steps=10), encoder, device="cpu")
+    resumed = train(config(shapes, tmp_path / "b", steps=10, optimizer=optimizer), encoder, device="cpu")
     assert resumed.step == 10 and not resumed.stopped
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
     for (name, x), (_, y) in zip(whole.model.unet.state_dict().items(), resumed.model.unet.state_dict().items()):
@@ -68,6 +69,23 @@ def test_resume_with_grad_accum_and_cosine(shapes, encoder, tmp_path):
     train(config(shapes, tmp_path / "b", **{**kw, "steps": 3}), encoder, device="cpu")
     resumed = train(config(shapes, tmp_path / "b", **kw), encoder, device="cpu")
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+
+
+def test_resume_with_another_optimizer_keeps_the_weights_and_step_and_restarts_the_moments(shapes, encoder, tmp_path):
+    first = train(config(shapes, tmp_path, steps=3, optimizer="adamw"), encoder, device="cpu")
+    logged = []
+    trainer = Trainer(config(shapes, tmp_path, steps=5, optimizer="muon", lr=1e-3), encoder, device="cpu",
+                      callbacks=TrainCallbacks(log=logged.append))
+    assert trainer.step == 3
+    for (name, x), y in zip(first.model.unet.state_dict().items(), trainer.ema.state_dict().values()):
+        assert torch.equal(x, y), name
+    assert not trainer.opt.state and [g["steps"] for g in trainer.opt.param_groups] == [0, 0]
+    assert any("another optimizer's (now muon)" in line for line in logged), logged
+    # the same optimizer resumes its moments, with this run's rates
+    trainer.run()
+    again = Trainer(config(shapes, tmp_path, steps=6, optimizer="muon", lr=5e-4), encoder, device="cpu")
+    assert [g["steps"] for g in again.opt.param_groups] == [2, 2]
+    assert [g["initial_lr"] for g in again.opt.param_groups] == pytest.approx([5e-4, 5e-3])
 
 
 def test_resume_refuses_changed_architecture(shapes, encoder, tmp_path):

@@ -11,6 +11,7 @@ import torch
 
 from ..pipeline import T2IModel
 from ..unet import PRESETS
+from .optim import OPTIMIZERS
 
 # after the linear warmup: stay, or fall to 0 at `steps` or at the end of the time budget (lr_factor)
 LR_SCHEDULES = ("constant", "cosine")
@@ -26,9 +27,12 @@ class TrainConfig:
     max_minutes: float = 0.0  # training-time budget; 0 = none. Reaching it saves and stops, like a cancel
     batch_size: int = 64
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3
+    lr: float = 1e-3  # AdamW's; Muon's is MUON_LR_RATIO times this (t2i_core.training.optim)
     lr_schedule: str = "constant"  # or "cosine"
     warmup_steps: int = 50
+    # "muon": Muon for the U-Net's hidden weight matrices and AdamW for the rest; "adamw": AdamW for all. Muon
+    # learns the demo's shapes in half the steps (docs/QUALITY.md, "Muon")
+    optimizer: str = "adamw"
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     cfg_dropout: float = 0.1
@@ -77,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         if self.buckets not in ("auto", "on", "off"):
             raise ValueError(f"buckets must be 'auto', 'on' or 'off', got {self.buckets!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not str(self.output).endswith(".safetensors"):

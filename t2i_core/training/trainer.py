@@ -35,7 +35,7 @@ from ..data.cache import TensorCache
 from ..data.captions import CaptionTable
 from ..data.folder import CaptionedImages, augment, fingerprint, gather, load_dataset
 from ..data.order import batch_positions, bucket_batch_positions, step_generator
-from ..devices import autocast, check_memory, default_device, resolve_precision
+from ..devices import autocast, check_memory, default_device, resolve_precision, reusing_freed_memory
 from ..distributed import SINGLE, Distributed
 from ..geometry import check_train_size, image_multiple, latent_shape
 from ..pipeline import T2IModel
@@ -43,6 +43,7 @@ from ..sampler import make_noise, sample
 from ..schedule import NoiseSchedule, ScheduleConfig
 from ..unet import TextConditionedUNet, preset_config, train_memory_bytes
 from .config import Progress, TrainCallbacks, TrainConfig, TrainResult, lr_factor
+from .optim import MuonAdamW
 from .state import (
     TrainingError,
     TrainingLock,
@@ -135,7 +136,7 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             self.unet = TextConditionedUNet(unet_cfg).to(self.device)
         self.ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
-        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = MuonAdamW(self.unet.named_parameters(), cfg.lr, cfg.optimizer, cfg.weight_decay)
         self.step = 0
         self.history: list[dict] = []
         self.elapsed_s = 0.0
@@ -222,7 +223,7 @@ class Trainer:
         """One optimizer step; budget_spent: the fraction of the time budget spent (lr_factor)."""
         cfg = self.cfg
         for group in self.opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg, self.step, budget_spent)
+            group["lr"] = group["initial_lr"] * lr_factor(cfg, self.step, budget_spent)
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(cfg.grad_accum):
@@ -308,15 +309,32 @@ class Trainer:
         try:
             self.unet.load_state_dict(state.unet)
             self.ema.load_state_dict(state.ema)
-            for entries in state.optimizer["state"].values():
-                for name, value in entries.items():
-                    if name != "step":  # AdamW keeps its step count on the CPU
-                        entries[name] = value.to(self.device)
-            self.opt.load_state_dict(state.optimizer)
         except (RuntimeError, KeyError, ValueError) as e:
             raise TrainingError(f"cannot resume from {path}: {e}; choose another checkpoint name") from e
+        if not self.load_optimizer(state.optimizer):
+            self.log(f"the optimizer state in {path.name} is another optimizer's (now {self.cfg.optimizer}): its "
+                     "moments start again; the weights, EMA and step are kept")
         self.step, self.history, self.elapsed_s = state.step, state.history, state.elapsed_s
         self.log(f"resumed {self.output.name} at step {self.step}")
+
+    def load_optimizer(self, saved: dict) -> bool:
+        """Load a saved optimizer state when it is this optimizer's (the same groups); the rates and weight decay
+        stay this run's, which may differ from the last one's."""
+        ours = [(g["muon"], len(g["params"])) for g in self.opt.param_groups]
+        theirs = [(g.get("muon"), len(g.get("params", ()))) for g in saved["param_groups"]]
+        if ours != theirs or not all("steps" in g for g in saved["param_groups"]):
+            return False
+        settings = [{k: g[k] for k in ("lr", "initial_lr", "weight_decay")} for g in self.opt.param_groups]
+        for entries in saved["state"].values():
+            for name, value in entries.items():
+                entries[name] = value.to(self.device)
+        try:
+            self.opt.load_state_dict(saved)
+        except (KeyError, ValueError):  # a moment of another shape
+            return False
+        for group, setting in zip(self.opt.param_groups, settings):
+            group.update(setting)
+        return True
 
     # ---- the loop ----
     def validate(self):
@@ -349,7 +367,9 @@ class Trainer:
 
     def run(self) -> TrainResult:
         try:
-            return self._run()
+            # a CPU step frees and takes again the same activations: keep them in the heap (devices.py)
+            with reusing_freed_memory() if self.device.type == "cpu" else contextlib.nullcontext():
+                return self._run()
         finally:
             self.release()
 
