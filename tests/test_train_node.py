@@ -45,12 +45,13 @@ def run(train_node, name: str, **inputs):
     return model.training["config"], history
 
 
-def test_lr_schedule_and_min_snr_gamma_reach_the_run(train_node):
+def test_lr_schedule_optimizer_and_min_snr_gamma_reach_the_run(train_node):
     default, default_history = run(train_node, "default")
-    chosen, chosen_history = run(train_node, "chosen", lr_schedule="cosine", min_snr_gamma=5.0)
+    chosen, chosen_history = run(train_node, "chosen", lr_schedule="cosine", min_snr_gamma=5.0, optimizer="muon")
 
     assert default["lr_schedule"] == "constant" and default["min_snr_gamma"] == 0.0
     assert chosen["lr_schedule"] == "cosine" and chosen["min_snr_gamma"] == 5.0
+    assert default["optimizer"] == "adamw" and chosen["optimizer"] == "muon"
     # the learning rates the optimizer used (the loss CSV beside the checkpoint): constant after the warm-up,
     # or falling towards 0 by the last step
     assert {row["lr"] for row in default_history[WARMUP:]} == {0.001}
