@@ -85,6 +85,7 @@ _heap_lock = threading.Lock()
 
 
 def set_heap_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Set glibc's mmap and trim thresholds (bytes); False where the C library is not glibc or refused them."""
     libc = glibc()
     if libc is None:
         return False
