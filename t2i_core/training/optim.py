@@ -9,8 +9,8 @@ Every direction of the update then moves by the same amount, so the few large di
 gradient no longer drown the rest. A convolution's (out, in, kh, kw) kernel is the matrix (out, in * kh * kw).
 The first and last layers (conv_in, conv_out), the time embedding's MLP, and every bias and norm weight (vectors)
 stay with AdamW, as Muon's authors advise for a network's input and output layers and its vectors. On the demo's
-shapes Muon reaches in 1,000 steps what AdamW did not in 2,000, at about the same cost per step
-(docs/QUALITY.md, "Muon").
+shapes Muon reaches AdamW's adherence in half the steps, at about the same cost per step (docs/QUALITY.md,
+"Muon"; docs/PERFORMANCE.md, "The training step before and now").
 
 `optimizer="adamw"` puts every parameter in the AdamW group: torch.optim.AdamW's update, to float rounding
 (tests/test_optim.py).
