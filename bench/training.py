@@ -240,6 +240,16 @@ def in_heap(step, kept: bool, steps: int = 3):
     return run
 
 
+def steady_page_faults(step, kept: bool, steps: int = 5) -> float:
+    """Minor page faults per step of `step` in that heap mode, after one step to settle in."""
+    import resource
+    in_heap(step, kept, steps=1)()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(steps):
+        step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
+
+
 def steps_then_and_now(repeats: int) -> Table:
     """Training steps of `micro` (batch 32) and `tiny` (batch 64) at 16 px, fp32, captions + key mask: as the
     trainer ran them before (torch's AdamW, glibc's heap defaults) against now (Muon and AdamW in one optimizer,
@@ -249,15 +259,17 @@ def steps_then_and_now(repeats: int) -> Table:
             "AdamW as the trainer runs it (optimizer=adamw), heap kept": ("adamw", True),
             "now: Muon + AdamW (optimizer=muon), heap kept": ("muon", True)}
     table = Table(f"The training step before and now, 16 px, fp32, median of {repeats} calls of 3 steps (interleaved)",
-                  ["preset", "batch", "variant", "ms / step", "images / s", "vs before"])
+                  ["preset", "batch", "variant", "ms / step", "images / s", "vs before", "page faults / step"])
     for preset, batch in (("micro", 32), ("tiny", 64)):
         data = training_batch(batch, res=16, masked=True)
-        variants = {name: in_heap(make_train_step(build_unet(preset), data, "fp32", optimizer=optimizer), kept)
-                    for name, (optimizer, kept) in rows.items()}
+        steps = {name: make_train_step(build_unet(preset), data, "fp32", optimizer=optimizer)
+                 for name, (optimizer, _) in rows.items()}
+        variants = {name: in_heap(step, rows[name][1]) for name, step in steps.items()}
         times = interleaved(variants, repeats=repeats, warmup=1)
         base = times[next(iter(rows))].median
         for name, tm in times.items():
-            table.add(preset, batch, name, tm.median / 3 * 1e3, 3 * batch / tm.median, base / tm.median)
+            table.add(preset, batch, name, tm.median / 3 * 1e3, 3 * batch / tm.median, base / tm.median,
+                      steady_page_faults(steps[name], rows[name][1]))
     set_heap_thresholds(GLIBC_DEFAULT_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
     release_freed_memory()
     return table

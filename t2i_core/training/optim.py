@@ -61,10 +61,25 @@ class MuonAdamW(torch.optim.Optimizer):
         for name, p in named_parameters:
             (muon if optimizer == "muon" and uses_muon(name, p) else adamw).append(p)
         groups = [dict(params=adamw, muon=False, lr=lr, initial_lr=lr, weight_decay=weight_decay)]
-        if muon:  # weight decay stays off there, as it was measured
-            groups.append(dict(params=muon, muon=True, lr=lr * MUON_LR_RATIO, initial_lr=lr * MUON_LR_RATIO,
-                               weight_decay=0.0))
+        if muon:  # no weight decay there, as it was measured
+            groups.append(dict(params=muon, muon=True, lr=lr * MUON_LR_RATIO, initial_lr=lr * MUON_LR_RATIO))
         super().__init__(groups, dict(betas=betas, eps=eps, momentum=MUON_MOMENTUM, steps=0))
+
+    def load_if_same(self, saved: dict, device) -> bool:
+        """Load a saved state_dict() when it is this optimizer's (the same groups of the same sizes), its moments
+        moved to `device`: the moments and step counts come back, the rates and other settings stay this run's
+        (a resumed run may change them). False, and nothing loaded, when it is another optimizer's."""
+        ours = [(g["muon"], len(g["params"])) for g in self.param_groups]
+        theirs = [(g.get("muon"), len(g.get("params", ()))) for g in saved["param_groups"]]
+        if ours != theirs or not all("steps" in g for g in saved["param_groups"]):
+            return False
+        settings = [{k: v for k, v in g.items() if k not in ("params", "steps")} for g in self.param_groups]
+        self.load_state_dict({"state": {pid: {name: value.to(device) for name, value in entries.items()}
+                                        for pid, entries in saved["state"].items()},
+                              "param_groups": saved["param_groups"]})
+        for group, setting in zip(self.param_groups, settings):
+            group.update(setting)
+        return True
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -96,8 +111,6 @@ class MuonAdamW(torch.optim.Optimizer):
         torch._foreach_mul_(buffers, mu)
         torch._foreach_add_(buffers, grads)
         updates = torch._foreach_add(grads, buffers, alpha=mu)
-        if group["weight_decay"]:
-            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
         # the matrices of one shape go through Newton-Schulz together: one batched matmul per iteration
         by_shape: dict[torch.Size, list[int]] = defaultdict(list)
         for i, p in enumerate(params):

@@ -311,30 +311,11 @@ class Trainer:
             self.ema.load_state_dict(state.ema)
         except (RuntimeError, KeyError, ValueError) as e:
             raise TrainingError(f"cannot resume from {path}: {e}; choose another checkpoint name") from e
-        if not self.load_optimizer(state.optimizer):
+        if not self.opt.load_if_same(state.optimizer, self.device):
             self.log(f"the optimizer state in {path.name} is another optimizer's (now {self.cfg.optimizer}): its "
                      "moments start again; the weights, EMA and step are kept")
         self.step, self.history, self.elapsed_s = state.step, state.history, state.elapsed_s
         self.log(f"resumed {self.output.name} at step {self.step}")
-
-    def load_optimizer(self, saved: dict) -> bool:
-        """Load a saved optimizer state when it is this optimizer's (the same groups); the rates and weight decay
-        stay this run's, which may differ from the last one's."""
-        ours = [(g["muon"], len(g["params"])) for g in self.opt.param_groups]
-        theirs = [(g.get("muon"), len(g.get("params", ()))) for g in saved["param_groups"]]
-        if ours != theirs or not all("steps" in g for g in saved["param_groups"]):
-            return False
-        settings = [{k: g[k] for k in ("lr", "initial_lr", "weight_decay")} for g in self.opt.param_groups]
-        for entries in saved["state"].values():
-            for name, value in entries.items():
-                entries[name] = value.to(self.device)
-        try:
-            self.opt.load_state_dict(saved)
-        except (KeyError, ValueError):  # a moment of another shape
-            return False
-        for group, setting in zip(self.opt.param_groups, settings):
-            group.update(setting)
-        return True
 
     # ---- the loop ----
     def validate(self):
