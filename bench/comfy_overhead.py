@@ -41,10 +41,11 @@ from .common import Section, Table, build_unet, run_part
 REPO = Path(__file__).resolve().parent.parent
 
 PROMPT, RES, STEPS, GUIDANCE = "a large red circle on the left", 32, 25, 3.0
+QUICK_STEPS = 5  # --quick shows the benchmark runs end to end; its figures are not the table's
 CHECKPOINT = "bench_overhead.safetensors"
 
 
-def workflow(seed: int, batch: int) -> dict:
+def workflow(seed: int, batch: int, steps: int = STEPS) -> dict:
     """The text_to_image API workflow, PreviewImage as the output, no upscale."""
     return {
         "1": {"class_type": "T2IMiniCheckpointLoader", "inputs": {"ckpt_name": CHECKPOINT}},
@@ -56,7 +57,7 @@ def workflow(seed: int, batch: int) -> dict:
                          "model": ["1", 0]}},
         "5": {"class_type": "T2IMiniGuidedSampler",
               "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0],
-                         "steps": STEPS, "cfg": GUIDANCE, "sampler_name": "ddim", "eta": 0.0,
+                         "steps": steps, "cfg": GUIDANCE, "sampler_name": "ddim", "eta": 0.0,
                          "guidance_rescale": 0.0, "precision": "auto"}},
         "6": {"class_type": "T2IMiniDecode", "inputs": {"codec": ["1", 2], "samples": ["5", 0]}},
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
@@ -69,11 +70,11 @@ def bench_model() -> T2IModel:
     return T2IModel(unet.eval(), NoiseSchedule(), encoder, PixelCodec())
 
 
-def direct_run(model: T2IModel, seed: int, batch: int, out_dir: Path):
-    images = model.generate(PROMPT, seeds=list(range(seed, seed + batch)), height=RES, width=RES, steps=STEPS,
+def direct_run(model: T2IModel, seed: int, batch: int, out_dir: Path, steps: int = STEPS):
+    images = model.generate(PROMPT, seeds=list(range(seed, seed + batch)), height=RES, width=RES, steps=steps,
                             guidance_scale=GUIDANCE, precision="auto")
     info = PngInfo()
-    info.add_text("prompt", json.dumps(workflow(seed, batch)))
+    info.add_text("prompt", json.dumps(workflow(seed, batch, steps)))
     for i, image in enumerate(images):
         array = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         Image.fromarray(array).save(out_dir / f"direct_{i:05}.png", pnginfo=info, compress_level=1)
@@ -137,9 +138,9 @@ def run(quick: bool = False) -> Section:
         return section
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the server
     os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-    repeats = 3 if quick else 9
+    repeats, steps = (2, QUICK_STEPS) if quick else (9, STEPS)
     model = bench_model()
-    table = Table(f"`tiny` preset, {RES}x{RES} px, DDIM {STEPS} steps, CFG {GUIDANCE:g}, precision auto, "
+    table = Table(f"`tiny` preset, {RES}x{RES} px, DDIM {steps} steps, CFG {GUIDANCE:g}, precision auto, "
                   f"{torch.get_num_threads()} threads; medians of {repeats} alternating runs",
                   ["batch", "direct s", "ComfyUI server s", "ComfyUI client s", "server overhead",
                    "client overhead", "spread (direct / client)"])
@@ -153,8 +154,8 @@ def run(quick: bool = False) -> Section:
             client = WebsocketClient(server)
             for batch in (1, 4):
                 seed = 1000 * batch
-                client.run(workflow(seed, batch))  # loads the checkpoint; excluded, like start-up
-                direct_run(model, seed, batch, tmp / "direct")
+                client.run(workflow(seed, batch, steps))  # loads the checkpoint; excluded, like start-up
+                direct_run(model, seed, batch, tmp / "direct", steps)
                 direct, server_s, client_s = [], [], []
                 for r in range(repeats):
                     seed += batch
@@ -162,10 +163,10 @@ def run(quick: bool = False) -> Section:
                     for side in order:
                         if side == 0:
                             t0 = time.perf_counter()
-                            direct_run(model, seed, batch, tmp / "direct")
+                            direct_run(model, seed, batch, tmp / "direct", steps)
                             direct.append(time.perf_counter() - t0)
                         else:
-                            c, s = client.run(workflow(seed, batch))
+                            c, s = client.run(workflow(seed, batch, steps))
                             client_s.append(c)
                             server_s.append(s)
                 d, s, c = (statistics.median(x) for x in (direct, server_s, client_s))
