@@ -26,9 +26,9 @@ setup:
 	@bash scripts/setup_comfyui.sh
 
 # On a shared 2-core machine OpenMP's default spin-waiting can make torch 10-100x slower whenever a neighbour
-# is busy, and purely passive waiting makes every small op wake a sleeping thread (twice the time of a micro
-# training step). A short spin (3,000 rounds) before sleeping keeps both costs small (docs/PERFORMANCE.md,
-# "Noise"). GOMP_SPINCOUNT is read by libgomp, the OpenMP of torch's Linux wheels. The server inherits both.
+# is busy, and purely passive waiting makes every small op wake a sleeping thread. A short spin (3,000 rounds)
+# before sleeping keeps both costs small (docs/PERFORMANCE.md, "Noise"). GOMP_SPINCOUNT is read by libgomp,
+# the OpenMP of torch's Linux wheels. The server inherits both.
 test test-quick test-unit test-integration: export OMP_WAIT_POLICY ?= PASSIVE
 test test-quick test-unit test-integration: export GOMP_SPINCOUNT ?= 3000
 
