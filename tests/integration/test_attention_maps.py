@@ -43,12 +43,14 @@ def test_attention_maps_template_runs(comfy):
 
 # ---- the maps of a trained shapes model ----
 # A model that draws its shapes, trained once per CI run (in `make test`; the unit tests run twice). What the maps
-# of such a model show per word is measured, not asserted: in these few hundred steps no word's map sits on the
-# shape reliably (docs/QUALITY.md, "Attention maps of a short run"), so the test checks what holds on every CPU: the
-# maps are per-word distributions over the image, they differ between words, and the images are drawn shapes.
+# of such a model show per word is measured, not asserted: in a short run no word's map sits on the shape reliably
+# (docs/QUALITY.md, "Attention maps of a short run"), so the test checks what holds on every CPU: the maps are
+# per-word distributions over the image, they differ between words, and the images are drawn shapes: lit pixels
+# on a mostly black background, which an untrained model's noise never is.
 
-SHAPES_STEPS = 350
+SHAPES_STEPS = 100  # Muon: the fewest steps whose samples are all shapes on black, with a margin (QUALITY.md)
 SAMPLES = 48
+DARK_SHARE = 0.4  # of a drawn image's pixels are background; the dataset's images have 75% or more
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def shapes_model(tmp_path_factory):
     data = make_shapes_dataset(root / "shapes", count=720, resolution=16, seed=0)
     config = TrainConfig(dataset=str(data), output=str(root / "shapes.safetensors"), preset="micro", resolution=16,
                          steps=SHAPES_STEPS, batch_size=32, lr=2e-3, warmup_steps=20, ema_decay=0.99,
-                         checkpoint_every=0, precision="fp32", cache_dir=str(root / "cache"))
+                         optimizer="muon", checkpoint_every=0, precision="fp32", cache_dir=str(root / "cache"))
     t0 = time.monotonic()
     result = train(config, build_text_encoder(TextEncoderSpec(text_config=TEST_TEXT_CONFIG, seed=0)), device="cpu")
     print(f"\nshapes model: {result.step} steps in {time.monotonic() - t0:.0f} s")
@@ -84,11 +86,12 @@ def test_a_trained_models_maps_are_per_word_distributions_over_its_shapes(shapes
         assert maps.words[:2] == ["a", wanted["size"]] and wanted["shape"] in maps.words
         assert np.isfinite(maps.maps.numpy()).all() and (maps.maps >= 0).all()
         assert not np.allclose(maps.maps[1].numpy(), maps.maps[2].numpy())  # the words get different attention
-        shape = image.max(dim=0).values > 0.5  # the shapes are pure colours on black
-        if shape.any() and not shape.all():
+        brightest = image.max(dim=0).values  # the shapes are pure colours on black
+        shape, background = brightest > 0.5, brightest < 0.2
+        if shape.any() and background.float().mean() >= DARK_SHARE:
             drawn += 1
             m = maps.maps[maps.words.index(wanted["shape"])]
             lifts.append(float(m[shape].sum() / m.sum() / shape.float().mean()))  # 1 = as a uniform map
     print(f"\na shape was drawn in {drawn} of {SAMPLES} samples; the shape word's attention on the shape's pixels, "
           f"against a uniform map: mean {np.mean(lifts):.2f}x")
-    assert drawn >= 0.9 * SAMPLES  # the model is trained: it draws a shape on the background
+    assert drawn >= 0.9 * SAMPLES  # the model is trained: it draws a shape on a black background
