@@ -55,8 +55,8 @@ def test_latent_model_checkpoint_names_the_clip_and_vae_to_connect(comfy, latent
     ckpt, _, _ = latent_checkpoint
     prompt = latent_parts(ckpt)
     # the checkpoint's CODEC stands for the VAE: it knows the latent's shape and scaling, so noise can be made
-    prompt["6"] = {"class_type": "T2IMiniNoiseLatent", "inputs": {"codec": ["1", 2], "seed": 0, "width": 256,
-                                                                  "height": 256, "batch_size": 1, "model": ["1", 0]}}
+    prompt["6"] = {"class_type": "T2IMiniNoiseLatent", "inputs": {"codec": ["1", 2], "seed": 0, "width": 128,
+                                                                  "height": 128, "batch_size": 1, "model": ["1", 0]}}
     prompt["7"] = guided(["1", 0], ["4", 0], ["5", 0], ["6", 0], steps=1)
     prompt["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}}
     prompt["9"] = save(["8", 0], "named_parts")
@@ -75,8 +75,8 @@ def test_core_clip_text_encode_and_our_text_encode_on_the_clip_sample_alike(comf
     prompt = latent_parts(ckpt)
     prompt["6"] = {"class_type": "T2IMiniTextEncode", "inputs": {"text_encoder": ["2", 0], "text": PROMPT,
                                                                  "one_prompt_per_line": False}}
-    prompt["7"] = {"class_type": "T2IMiniNoiseLatent", "inputs": {"codec": ["3", 0], "seed": 4, "width": 256,
-                                                                  "height": 256, "batch_size": 1, "model": ["1", 0]}}
+    prompt["7"] = {"class_type": "T2IMiniNoiseLatent", "inputs": {"codec": ["3", 0], "seed": 4, "width": 128,
+                                                                  "height": 128, "batch_size": 1, "model": ["1", 0]}}
     prompt["8"] = guided(["1", 0], ["4", 0], ["5", 0], ["7", 0])
     prompt["9"] = guided(["1", 0], ["6", 0], ["5", 0], ["7", 0])
     prompt["10"] = {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["3", 0]}}
@@ -85,7 +85,7 @@ def test_core_clip_text_encode_and_our_text_encode_on_the_clip_sample_alike(comf
     prompt["13"], prompt["14"], prompt["15"] = save(["10", 0], "core_te"), save(["11", 0], "our_te"), save(["12", 0], "our_dec")
     entry = comfy.run(prompt, timeout=300)
     [core_te], [our_te], [our_decode] = (comfy.images(entry, n) for n in ("13", "14", "15"))
-    assert core_te.size == (256, 256)
+    assert core_te.size == (128, 128)
     assert (pixels(core_te) == pixels(our_te)).all()  # the same conditioning tensors
     assert (pixels(core_te) == pixels(our_decode)).all()  # our Decode on a core VAE is core VAE Decode
 
@@ -103,8 +103,8 @@ def test_another_clip_is_refused_with_both_named_unless_allowed(comfy, latent_ch
     prompt["2"]["inputs"]["clip_name"] = other
     prompt["6"] = {"class_type": "T2IMiniTextEncode", "inputs": {"text_encoder": ["2", 0], "text": PROMPT,
                                                                  "one_prompt_per_line": False}}
-    prompt["7"] = {"class_type": "T2IMiniNoiseLatent", "inputs": {"codec": ["1", 2], "seed": 0, "width": 256,
-                                                                  "height": 256, "batch_size": 1, "model": ["1", 0]}}
+    prompt["7"] = {"class_type": "T2IMiniNoiseLatent", "inputs": {"codec": ["1", 2], "seed": 0, "width": 128,
+                                                                  "height": 128, "batch_size": 1, "model": ["1", 0]}}
     prompt["8"] = guided(["1", 0], ["6", 0], ["5", 0], ["7", 0], steps=1)
     prompt["9"] = {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["3", 0]}}
     prompt["10"] = save(["9", 0], "other_clip")
@@ -118,14 +118,14 @@ def test_another_clip_is_refused_with_both_named_unless_allowed(comfy, latent_ch
 def test_ksampler_drives_a_latent_model_with_core_empty_latent_and_vae_decode(comfy, latent_checkpoint):
     ckpt, _, _ = latent_checkpoint
     prompt = latent_parts(ckpt)
-    prompt["6"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}}
+    prompt["6"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}}
     prompt["7"] = {"class_type": "KSampler", "inputs": {
         "model": ["1", 3], "seed": 1, "steps": 2, "cfg": 3.0, "sampler_name": "dpmpp_2m", "scheduler": "karras",
         "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0], "denoise": 1.0}}
     prompt["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}}
     prompt["9"] = save(["8", 0], "ksampler_latent")
     [image] = comfy.images(comfy.run(prompt, timeout=300), "9")
-    assert image.size == (256, 256)
+    assert image.size == (128, 128)
 
 
 def pixel_ksampler(ckpt, sampler, scheduler, *, seed=3, steps=4, size=16, batch=1, node_offset=0):
